@@ -1,0 +1,138 @@
+"""The `rayapp` command.
+
+Every command takes ``--config FILE.yaml`` and any number of ``--set section.key=value``;
+``data.uri`` is the dataset a stage reads or writes and ``run.dir`` the folder it writes to.
+
+    rayapp record   --config configs/quickstart.yaml --set data.uri=s3://replays/breakout
+    rayapp inspect  runs/quickstart/replays --sample 24
+    rayapp pipeline --config configs/quickstart.yaml
+    rayapp config keys
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from rayapp import __version__
+from rayapp.config import Config, describe_keys, dump_config, load_config
+from rayapp.errors import RayappError
+
+__all__ = ["main", "build_parser"]
+
+COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable:
+    def deco(fn: Callable[[Config, argparse.Namespace], int]) -> Callable:
+        COMMANDS[name] = fn
+        return fn
+
+    return deco
+
+
+@command("record")
+def _record(cfg: Config, args: argparse.Namespace) -> int:
+    from rayapp.replay.record import record
+
+    summary = record(cfg)
+    print(summary.line())
+    return 0
+
+
+@command("inspect")
+def _inspect(cfg: Config, args: argparse.Namespace) -> int:
+    from rayapp.replay.inspect import inspect_dataset
+
+    uri = args.uri or cfg.data_uri
+    out = args.out or (os.path.join(cfg.run.dir, "inspect", "contact_sheet.png") if args.sample else None)
+    report = inspect_dataset(uri, frames=not args.no_frames, sample=args.sample, out=out, seed=cfg.run.seed)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+    if not report.ok:
+        print(f"rayapp inspect: {len(report.corrupt)} corrupt shard(s) in {report.uri}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@command("pipeline")
+def _pipeline(cfg: Config, args: argparse.Namespace) -> int:
+    from rayapp.pipeline import run_pipeline
+
+    return run_pipeline(cfg, stages=args.stages, force=args.force)
+
+
+@command("config")
+def _config(cfg: Config, args: argparse.Namespace) -> int:
+    if args.what == "keys":
+        for key, tp, default, help in describe_keys():
+            print(f"{key:<32} {tp:<28} default {default!r}\n    {help}")
+    else:
+        print(dump_config(cfg), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="FILE.yaml", help="YAML deltas over the defaults (configs/*.yaml)"
+    )
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one key; repeatable (e.g. --set data.uri=s3://replays/breakout)")  # fmt: skip
+    common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+    p = argparse.ArgumentParser(prog="rayapp", description=__doc__.split("\n\n")[0], parents=[common])
+    p.add_argument("--version", action="version", version=f"rayapp {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("record", parents=[common], help="record episodes from a game into data.uri")
+
+    ins = sub.add_parser("inspect", parents=[common], help="summarise and validate a dataset")
+    ins.add_argument("uri", nargs="?", help="dataset URI (default: data.uri)")
+    ins.add_argument(
+        "--sample", type=int, default=0, metavar="N", help="write a PNG contact sheet of N random frames"
+    )
+    ins.add_argument(
+        "--out", help="where the contact sheet goes (default: <run.dir>/inspect/contact_sheet.png)"
+    )
+    ins.add_argument("--json", action="store_true", help="print the report as JSON")
+    ins.add_argument(
+        "--no-frames", action="store_true", help="validate footers and columns without decoding frames"
+    )
+
+    pipe = sub.add_parser(
+        "pipeline", parents=[common], help="run the stages in order, skipping those already done"
+    )
+    pipe.add_argument("--stages", nargs="+", default=None, help="only these stages")
+    pipe.add_argument("--force", action="store_true", help="rerun stages whose output exists")
+
+    cfgp = sub.add_parser("config", parents=[common], help="print the resolved config, or every key")
+    cfgp.add_argument("what", nargs="?", choices=["show", "keys"], default="show")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        return COMMANDS[args.command](cfg, args)
+    except RayappError as e:
+        if args.debug:
+            raise
+        print(f"rayapp {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"rayapp {args.command}: interrupted; what was already written is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

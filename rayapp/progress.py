@@ -1,0 +1,65 @@
+"""Progress bars that also read well in logs (`ray job logs`, CI): a live bar on a terminal,
+a line every `log_every` seconds otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from tqdm.auto import tqdm
+
+__all__ = ["Progress"]
+
+
+class Progress:
+    def __init__(self, total: float | None, desc: str, unit: str = "it", log_every: float = 10.0):
+        self.tty = sys.stderr.isatty()
+        self.total, self.desc, self.unit = total, desc, unit
+        self.n = 0.0
+        self.postfix: dict[str, Any] = {}
+        self.log_every = log_every
+        self._last = 0.0
+        self._t0 = time.monotonic()
+        self.bar = (
+            tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=True) if self.tty else None
+        )
+
+    def update(self, n: float = 1, **postfix: Any) -> None:
+        self.n += n
+        self.postfix.update(postfix)
+        if self.bar is not None:
+            self.bar.set_postfix(self.postfix, refresh=False)
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self._last >= self.log_every or (self.total is not None and self.n >= self.total):
+            self._last = now
+            self._print()
+
+    def _print(self) -> None:
+        total = f"/{self.total:g}" if self.total is not None else ""
+        extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
+        print(
+            f"{self.desc}: {self.n:g}{total} {self.unit} [{time.monotonic() - self._t0:.0f}s] {extra}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def write(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.n and self._last == 0.0:
+            self._print()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

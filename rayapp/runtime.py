@@ -1,0 +1,42 @@
+"""Starting or joining Ray, the same way for every stage."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from rayapp.config import RayConfig
+from rayapp.errors import RayappError
+
+__all__ = ["init_ray", "cluster_nodes"]
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Join `ray.address` (or RAY_ADDRESS, as under `ray job submit`), else start a local Ray.
+
+    A Ray already initialised in this process (tests, notebooks) is used as is.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"log_to_driver": True, "logging_level": logging.WARNING}
+    if address is None:
+        kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard)
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        msg = " ".join(str(e).split())[:200]
+        raise RayappError(
+            f"cannot join the Ray cluster at {address}: {msg} (check ray.address / RAY_ADDRESS and `ray status`)"
+        ) from None
+
+
+def cluster_nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
