@@ -58,6 +58,27 @@ def _inspect(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("pretrain")
+def _pretrain(cfg: Config, args: argparse.Namespace) -> int:
+    from rayapp.train.bc import pretrain
+
+    r = pretrain(cfg)
+    shown = {
+        k: round(v, 4) for k, v in r.metrics.items() if isinstance(v, float) and not k.startswith("data/")
+    }
+    print(f"best checkpoint {r.checkpoint} (epoch {r.metrics.get('epoch')}): {shown}")
+    return 0
+
+
+@command("evaluate")
+def _evaluate(cfg: Config, args: argparse.Namespace) -> int:
+    from rayapp.evaluate import evaluate
+
+    report = evaluate(cfg, args.checkpoint or cfg.run.dir, out_dir=args.out)
+    print(report.text())
+    return 0
+
+
 @command("pipeline")
 def _pipeline(cfg: Config, args: argparse.Namespace) -> int:
     from rayapp.pipeline import run_pipeline
@@ -103,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument(
         "--no-frames", action="store_true", help="validate footers and columns without decoding frames"
     )
+
+    sub.add_parser(
+        "pretrain",
+        parents=[common],
+        help="behaviour cloning on Ray Train from data.uri into run.dir/pretrain",
+    )
+
+    ev = sub.add_parser(
+        "evaluate", parents=[common], help="play the game with a checkpoint against the teacher and random"
+    )
+    ev.add_argument(
+        "--checkpoint", help="a run folder (its best checkpoint) or a checkpoint folder (default: run.dir)"
+    )
+    ev.add_argument("--out", help="output folder (default: <run.dir>/eval)")
 
     pipe = sub.add_parser(
         "pipeline", parents=[common], help="run the stages in order, skipping those already done"

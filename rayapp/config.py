@@ -47,7 +47,10 @@ class RayConfig:
     )
     num_cpus: int | None = opt(None, "logical CPUs of a local Ray started by rayapp (null: all cores)")
     num_gpus: int | None = opt(None, "GPUs of a local Ray started by rayapp (null: detect)")
-    dashboard: bool = opt(False, "start the Ray dashboard with a local Ray (http://127.0.0.1:8265)")
+    dashboard: bool = opt(
+        True,
+        "start the Ray dashboard with a local Ray (http://127.0.0.1:8265); Ray Train's state checks use it",
+    )
 
 
 @dataclass
@@ -73,6 +76,45 @@ class DataConfig:
     )
     max_corrupt_shards: int = opt(
         0, "corrupt shards a reader may skip (and count) before it fails; 0: fail on the first"
+    )
+    # ---- what a network sees (BC, DQN, evaluation and the player share these) ----------------
+    grayscale: bool = opt(True, "convert frames to one gray channel")
+    resize: list[int] = opt(
+        [84, 84], "frame size after cropping, [height, width]; [0, 0] keeps the cropped size"
+    )
+    crop: list[int] = opt(
+        [0, 0, 0, 0], "pixels cut from the source frame before resizing: [top, bottom, left, right]"
+    )
+    frame_stack: int = opt(4, "frames per sample (the current one and the previous k-1 of the same episode)")
+    clip_length: int = opt(
+        0, "recurrent models: samples are clips of this many steps (100 = 10 s at 10 fps); 0: single steps"
+    )
+    label: Literal["action", "teacher_action"] = opt(
+        "action",
+        "the label to imitate: the action taken, or what the teacher wanted (noisy_teacher datasets)",
+    )
+    # ---- splits, balance, shuffle ---------------------------------------------------------------
+    val_fraction: float = opt(
+        0.1, "share of episodes held out for validation (split by episode, never by step)"
+    )
+    test_fraction: float = opt(0.1, "share of episodes held out for testing")
+    split_seed: int = opt(0, "seed of the episode split; keep it fixed so every stage sees the same split")
+    balance: Literal["none", "weights", "resample"] = opt(
+        "none",
+        "action balancing at sampling time: inverse-frequency loss weights, or class-balanced resampling",
+    )
+    balance_power: float = opt(1.0, "1: fully balanced classes, 0.5: square-root tempering, 0: unchanged")
+    max_resample_rate: float = opt(20.0, "resample: at most this many copies of a rare-class step per epoch")
+    shuffle_buffer: int = opt(10000, "rows in each training worker's local shuffle buffer (0: off)")
+    shuffle_blocks: bool = opt(
+        True, "shuffle rows inside each block as it is read (free: the rows are gathered anyway)"
+    )
+    prefetch_batches: int = opt(4, "batches each worker prepares ahead")
+    rows_per_task: int = opt(
+        4000, "rows per read task (whole row groups); tasks are the unit of parallel reading"
+    )
+    read_cpus: float = opt(
+        0.5, "CPUs reserved per read task (0.5 leaves room beside training workers on 2 CPUs)"
     )
 
 
@@ -100,6 +142,9 @@ class RecordConfig:
     shard_mb: float = opt(
         64.0, "close a shard at the first episode end after it reaches this size on storage"
     )
+    shard_steps: int = opt(
+        20000, "or once it holds this many steps (Atari frames compress ~750x: 64 MB would be 500k steps)"
+    )
     max_shard_mb: float = opt(
         512.0, "close a shard even mid-episode at this size (long episodes of large frames)"
     )
@@ -110,12 +155,70 @@ class RecordConfig:
 
 
 @dataclass
+class ModelConfig:
+    arch: Literal["cnn", "cnn_lstm"] = opt(
+        "cnn", "Nature DQN CNN, or CNN + LSTM over clips (set data.clip_length)"
+    )
+    hidden: int = opt(512, "features after the CNN's fully connected layer")
+    lstm_hidden: int = opt(256, "cnn_lstm: LSTM state size")
+    init_checkpoint: str = opt(
+        "", "start from these weights: a checkpoint folder or a run folder (its best checkpoint)"
+    )
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = opt(10, "passes over the training split")
+    batch_size: int = opt(256, "samples per gradient step per worker (clips in clip mode)")
+    lr: float = opt(5e-4, "Adam learning rate")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    grad_clip: float = opt(10.0, "clip the gradient norm (0: off)")
+    label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
+    num_workers: int = opt(2, "Ray Train workers (data-parallel, DDP)")
+    use_gpu: bool = opt(
+        False, "one GPU per worker (or gpus_per_worker); mixed precision and channels-last on GPU"
+    )
+    cpus_per_worker: float = opt(
+        0.5, "CPUs per worker (0.5 leaves CPUs for the read tasks on a small machine)"
+    )
+    gpus_per_worker: float = opt(1.0, "GPUs per worker when use_gpu (fractions share a GPU)")
+    torch_threads: int = opt(0, "torch intra-op threads per worker (0: the worker's CPUs, at least 1)")
+    amp: bool = opt(True, "bfloat16 autocast on GPU (ignored on CPU)")
+    max_failures: int = opt(2, "worker-group failures to recover from (restart from the latest checkpoint)")
+    checkpoints_to_keep: int = opt(
+        2, "best checkpoints kept by validation balanced accuracy (the latest is always kept)"
+    )
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = opt(10, "episodes per policy (greedy, sampled, teacher, random)")
+    max_episode_steps: int = opt(4500, "cap per evaluation episode (4,500 steps = 5 minutes of game time)")
+    modes: list[str] = opt(
+        ["greedy", "sampled"], "how the trained policy acts: argmax, or sampling from its softmax"
+    )
+    baselines: list[str] = opt(["teacher", "random"], "reference players measured in the same run")
+    epsilon: float = opt(
+        0.0, "greedy mode: probability of a random action (0.05 is the Atari convention for DQN)"
+    )
+    workers: int = opt(2, "parallel episode runners (Ray tasks)")
+    cpus_per_worker: float = opt(1.0, "CPUs per episode runner")
+    video_steps: int = opt(
+        900, "steps of the greedy policy's first episode in the gameplay GIF (0: no video)"
+    )
+    video_fps: int = opt(30, "frames per second of the GIF")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     data: DataConfig = field(default_factory=DataConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -138,14 +241,50 @@ class Config:
             raise ConfigError(f"record.jpeg_quality must be in [1, 100], got {r.jpeg_quality}")
         if r.shard_mb <= 0 or r.max_shard_mb < r.shard_mb:
             raise ConfigError("record.shard_mb must be > 0 and record.max_shard_mb >= record.shard_mb")
+        if r.shard_steps < 1:
+            raise ConfigError("record.shard_steps must be >= 1")
         if r.row_group_rows < 1:
             raise ConfigError("record.row_group_rows must be >= 1")
         if self.env.frameskip < 1 or self.env.max_episode_steps < 1:
             raise ConfigError("env.frameskip and env.max_episode_steps must be >= 1")
         if not 0.0 <= self.env.sticky_actions <= 1.0:
             raise ConfigError(f"env.sticky_actions must be in [0, 1], got {self.env.sticky_actions}")
-        if self.data.max_corrupt_shards < 0:
+        p = self.pretrain
+        if p.epochs < 1 or p.batch_size < 1 or p.lr <= 0 or p.num_workers < 1:
+            raise ConfigError(
+                "pretrain.epochs, pretrain.batch_size, pretrain.num_workers must be >= 1 and pretrain.lr > 0"
+            )
+        if self.model.arch == "cnn_lstm" and self.data.clip_length == 0:
+            raise ConfigError("model.arch=cnn_lstm trains on clips: set data.clip_length (e.g. 100)")
+        if self.model.arch == "cnn" and self.data.clip_length > 0:
+            raise ConfigError(
+                "data.clip_length is for recurrent models: set model.arch=cnn_lstm or data.clip_length=0"
+            )
+        e = self.eval
+        bad = [m for m in e.modes if m not in ("greedy", "sampled")] + [
+            b for b in e.baselines if b not in ("teacher", "random")
+        ]
+        if bad:
+            raise ConfigError(f"eval.modes are greedy/sampled and eval.baselines teacher/random; got {bad}")
+        if e.episodes < 1 or e.workers < 1 or e.max_episode_steps < 1:
+            raise ConfigError("eval.episodes, eval.workers and eval.max_episode_steps must be >= 1")
+        d = self.data
+        if d.max_corrupt_shards < 0:
             raise ConfigError("data.max_corrupt_shards must be >= 0")
+        if len(d.resize) != 2 or min(d.resize) < 0:
+            raise ConfigError(f"data.resize must be [height, width], got {d.resize}")
+        if len(d.crop) != 4 or min(d.crop) < 0:
+            raise ConfigError(f"data.crop must be [top, bottom, left, right] >= 0, got {d.crop}")
+        if d.frame_stack < 1 or d.clip_length < 0:
+            raise ConfigError("data.frame_stack must be >= 1 and data.clip_length >= 0")
+        if d.val_fraction < 0 or d.test_fraction < 0 or d.val_fraction + d.test_fraction >= 1:
+            raise ConfigError(
+                "data.val_fraction and data.test_fraction must be >= 0 and leave episodes to train on"
+            )
+        if not 0 <= d.balance_power <= 1 or d.max_resample_rate < 1:
+            raise ConfigError("data.balance_power must be in [0, 1] and data.max_resample_rate >= 1")
+        if d.rows_per_task < 1 or d.read_cpus < 0 or d.shuffle_buffer < 0:
+            raise ConfigError("data.rows_per_task >= 1, data.read_cpus >= 0 and data.shuffle_buffer >= 0")
 
 
 # ---- loading ------------------------------------------------------------------------------

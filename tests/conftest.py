@@ -63,7 +63,7 @@ def ray_session(s3_server):
     """
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    ray.init(num_cpus=4, include_dashboard=True, logging_level=logging.ERROR, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -34,8 +34,12 @@ class Teacher:
 
 
 class BreakoutTeacher(Teacher):
-    """Serve when the ball is out; otherwise move the paddle under the point where the ball will
-    cross the paddle's row, extrapolated from its last two positions with wall bounces.
+    """Serve when the ball is out; otherwise keep the paddle under the ball (deadband 8 pixels).
+
+    With `lead=True` it aims at where the ball will cross the paddle's row instead, extrapolated
+    from its last two positions with wall bounces. Measured over 8 episodes (3,000-step cap, sticky
+    actions): tracking 64 points, leading 52; tracking is also a function of the current frame
+    alone, which makes it the easier teacher to imitate.
 
     RAM (checked against the frames): ball x at 99 (pixel x = value - 48.5), ball y at 101
     (0 when no ball is in play, pixel y = value + 10.5), paddle x at 72 (paddle centre = value - 39).
@@ -44,9 +48,10 @@ class BreakoutTeacher(Teacher):
     PADDLE_Y = 189.0
     WALL_LO, WALL_HI = 8.0, 151.0
 
-    def __init__(self, env: gym.Env, deadband: float = 6.0):
+    def __init__(self, env: gym.Env, deadband: float = 8.0, lead: bool = False):
         super().__init__(env)
         self.deadband = deadband
+        self.lead = lead
         self._prev: tuple[float, float] | None = None
 
     def reset(self) -> None:
@@ -59,7 +64,7 @@ class BreakoutTeacher(Teacher):
         bx, by = float(ram[99]) - 48.5, float(ram[101]) + 10.5
         paddle = float(ram[72]) - 39.0
         target = bx
-        if self._prev is not None:
+        if self.lead and self._prev is not None:
             vx, vy = bx - self._prev[0], by - self._prev[1]
             if vy > 0 and abs(vx) < 20:
                 x = bx + vx * (self.PADDLE_Y - by) / vy

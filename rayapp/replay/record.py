@@ -53,6 +53,7 @@ class Collector:
             self.info,
             writer_id,
             shard_mb=r.shard_mb,
+            shard_steps=r.shard_steps,
             max_shard_mb=r.max_shard_mb,
             row_group_rows=r.row_group_rows,
             row_group_mb=r.row_group_mb,

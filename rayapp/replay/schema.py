@@ -30,6 +30,7 @@ __all__ = [
     "row_schema",
     "encode_frame",
     "decode_frames",
+    "frames_view",
     "choose_encoding",
 ]
 
@@ -249,6 +250,25 @@ def encode_frame(obs: np.ndarray, spec: ObservationSpec) -> bytes:
 
 def _binary_chunks(col: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
     return list(col.chunks) if isinstance(col, pa.ChunkedArray) else [col]
+
+
+def frames_view(col: pa.Array | pa.ChunkedArray, spec: ObservationSpec) -> np.ndarray | None:
+    """Raw frames as a read-only (N, *shape) view of the column's value buffer, without a copy,
+    when the column is one chunk of raw frames of the right size; None otherwise."""
+    if spec.encoding != "raw":
+        return None
+    chunks = _binary_chunks(col)
+    if len(chunks) != 1 or chunks[0].null_count or pa.types.is_large_binary(chunks[0].type):
+        return None
+    chunk = chunks[0]
+    m = len(chunk)
+    if m == 0:
+        return np.empty((0, *spec.shape), spec.dtype)
+    offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset : chunk.offset + m + 1]
+    if not np.all(np.diff(offsets) == spec.frame_bytes):
+        return None
+    values = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)
+    return values[offsets[0] : offsets[-1]].view(spec.dtype).reshape(m, *spec.shape)
 
 
 def decode_frames(

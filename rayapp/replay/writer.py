@@ -1,7 +1,7 @@
 """`ReplayWriter`: steps in, Parquet shards out, each shard visible whole or not at all.
 
 A writer belongs to one collector. It numbers steps itself, buffers rows into row groups, and
-closes a shard at the first episode end after the shard reaches `shard_mb` (or mid-episode at
+closes a shard at the first episode end after the shard reaches `shard_mb` or `shard_steps` (or mid-episode at
 `max_shard_mb`, for very long episodes of large frames). Locally a shard is written under a
 temporary name (``shards/_tmp-...``) and renamed when complete; on object storage the upload
 becomes visible only when it completes. A collector killed at any point therefore loses at most
@@ -58,6 +58,7 @@ class ReplayWriter:
         writer_id: str,
         *,
         shard_mb: float = 64.0,
+        shard_steps: int = 20000,
         max_shard_mb: float = 512.0,
         row_group_rows: int = 1000,
         row_group_mb: float = 64.0,
@@ -68,6 +69,7 @@ class ReplayWriter:
         self.info = info
         self.writer_id = writer_id
         self.shard_bytes = int(shard_mb * 2**20)
+        self.shard_steps = shard_steps
         self.max_shard_bytes = int(max_shard_mb * 2**20)
         self.row_group_rows = row_group_rows
         self.row_group_bytes = int(row_group_mb * 2**20)
@@ -144,7 +146,8 @@ class ReplayWriter:
         self._episode = None
         self.episodes_finished += 1
         self._wait()  # the size on storage must include the row group in flight
-        if self._estimated_size() >= self.shard_bytes:
+        rows = (self._open.rows if self._open else 0) + self._buf_rows
+        if self._estimated_size() >= self.shard_bytes or rows >= self.shard_steps:
             self._flush_row_group()
             self._close_shard()
 

@@ -1,0 +1,370 @@
+"""Ingest throughput: frames/s delivered into training loops, against baselines in the same run.
+
+Arms (each delivers the same samples: 210x160 RGB Breakout frames -> gray 84x84 -> stacks of 4):
+  ray        Ray Data (`ReplayDatasource`) through a `TorchTrainer` with 2 workers and
+             `get_dataset_shard(...).iter_torch_batches(...)`; the loop body does nothing.
+  dataloader a PyTorch DataLoader over an IterableDataset of the same read tasks (2 worker
+             processes, batch_size=None, persistent workers, prefetch_factor=4), with the same
+             shuffle buffer size implemented in the workers.
+  limit      as many plain processes as CPUs, each running the same read/decode/preprocess/stack
+             loop over its share of the tasks, in parallel: what the hardware allows.
+Each with and without the local shuffle buffer, from local disk and from a loopback S3 server
+(moto). Memory: the peak proportional set size (PSS) of all processes of the run while the Ray arm
+streams 1x and 4x the data.
+
+    python benchmarks/ingest.py           # full (a few minutes)
+    python benchmarks/ingest.py --quick   # local disk, with shuffle buffer (under a minute)
+
+The last line printed is one JSON object; `ratio_vs_dataloader` and `fraction_of_limit` compare
+the Ray arm with the baselines in the headline setting (local disk, shuffle buffer on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+BATCH = 256
+SHUFFLE = 10_000
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def make_dataset(root: str, steps: int) -> str:
+    """Record Breakout with the teacher (3,000-step shards) into `root`."""
+    from rayapp.config import load_config
+    from rayapp.replay.record import record
+
+    cfg = load_config(None, [f"run.dir={root}", f"record.steps={steps}", "record.episodes=0", "record.shard_steps=3000",
+                             "env.max_episode_steps=1500", "record.collector_cpus=1"])  # fmt: skip
+    record(cfg, show_progress=False)
+    return cfg.data_uri
+
+
+def replicate(uri: str, copies: int, dest: str) -> str:
+    """`copies` times the shards of `uri` (renamed writers) in a new dataset folder."""
+    os.makedirs(os.path.join(dest, "shards"), exist_ok=True)
+    shutil.copy(os.path.join(uri, "dataset.json"), dest)
+    for name in os.listdir(os.path.join(uri, "shards")):
+        for c in range(copies):
+            shutil.copy(os.path.join(uri, "shards", name), os.path.join(dest, "shards", f"x{c}{name}"))
+    return dest
+
+
+def upload(uri: str, bucket: str) -> str:
+    import pyarrow.fs as pafs
+
+    from rayapp.storage import resolve
+
+    target = resolve(f"s3://{bucket}/bench")
+    pafs.copy_files(
+        uri, target.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target.fs
+    )
+    return target.uri
+
+
+def ingest_for(uri: str, shuffle_buffer: int):
+    from rayapp.config import load_config
+    from rayapp.data import build_ingest
+
+    cfg = load_config(
+        None,
+        [
+            f"data.uri={uri}",
+            f"data.shuffle_buffer={shuffle_buffer}",
+            "data.val_fraction=0",
+            "data.test_fraction=0",
+        ],
+    )
+    return cfg, build_ingest(cfg)
+
+
+class PeakMemory:
+    """Sum of PSS over this process and its descendants (Ray's processes included), sampled."""
+
+    def __init__(self, interval: float = 0.5):
+        import psutil
+
+        self.psutil, self.interval, self.peak, self._stop = psutil, interval, 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = self.psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_full_info().pss
+            except (self.psutil.Error, AttributeError):
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+# ---- arm 1: Ray Data through TorchTrainer ---------------------------------------------------------
+
+
+def _ray_loop(config):
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    from rayapp.config import DataConfig
+    from rayapp.data import torch_batches
+
+    shard = ray.train.get_dataset_shard("train")
+    for variant in config["variants"]:
+        d = DataConfig(shuffle_buffer=variant, prefetch_batches=config["prefetch"])
+        for epoch in range(config["epochs"]):
+            t0 = time.perf_counter()
+            n = 0
+            for batch in torch_batches(shard, d, BATCH, train=True, device="cpu"):
+                n += len(batch["obs"])  # the loop body does nothing else
+            frames = torch.tensor([float(n)])
+            seconds = torch.tensor([time.perf_counter() - t0])
+            if dist.is_initialized():
+                dist.all_reduce(frames)
+                dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+            ray.train.report(
+                {
+                    "variant": variant,
+                    "epoch": epoch,
+                    "frames_all": frames.item(),
+                    "seconds_max": seconds.item(),
+                }
+            )
+
+
+def ray_arm(uri: str, variants: list[int], epochs: int, workers: int = 2) -> dict[int, list[float]]:
+    """frames/s (all workers together) per epoch, per shuffle-buffer variant."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from rayapp.data import configure_data_context
+
+    configure_data_context()
+    cfg, ingest = ingest_for(uri, 0)
+    trainer = TorchTrainer(
+        _ray_loop,
+        train_loop_config={"variants": variants, "epochs": epochs, "prefetch": cfg.data.prefetch_batches},
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}),
+        datasets={"train": ingest.dataset(None, train=True)},
+        run_config=RunConfig(storage_path=tempfile.mkdtemp(prefix="ingest-bench-")),
+    )
+    result = trainer.fit()
+    rates: dict[int, list[float]] = {v: [] for v in variants}
+    for row in result.metrics_dataframe.to_dict("records"):
+        rates[int(row["variant"])].append(row["frames_all"] / row["seconds_max"])
+    return rates
+
+
+# ---- arm 2: a PyTorch DataLoader ------------------------------------------------------------------
+
+
+class _TaskStream:
+    """IterableDataset body: the read tasks split across DataLoader workers, batched, through a
+    shuffle buffer of the same size as Ray's local shuffle buffer (random replacement)."""
+
+    def __init__(self, spec, tasks, shuffle_buffer: int):
+        self.spec, self.tasks, self.shuffle_buffer, self.epoch = spec, tasks, shuffle_buffer, 0
+
+    def __iter__(self):
+        import torch
+        from torch.utils.data import get_worker_info
+
+        from rayapp.data.samples import read_samples
+
+        torch.set_num_threads(1)
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        self.epoch += 1
+        rng = np.random.default_rng([wid, self.epoch])
+        mine = [t for i, t in enumerate(self.tasks) if i % nw == wid]
+        rng.shuffle(mine)
+        size = self.shuffle_buffer
+        buf_o = buf_a = out_o = out_a = None
+        fill = pending = 0
+        for task in mine:
+            for b in read_samples(self.spec, task, self.epoch):
+                if not size:
+                    for s in range(0, len(b["obs"]), BATCH):
+                        yield {
+                            "obs": torch.from_numpy(b["obs"][s : s + BATCH]),
+                            "action": torch.from_numpy(b["action"][s : s + BATCH]),
+                        }
+                    continue
+                if buf_o is None:
+                    buf_o = np.empty((size, *b["obs"].shape[1:]), np.uint8)
+                    buf_a = np.empty(size, np.int64)
+                for i in range(len(b["obs"])):
+                    if fill < size:
+                        buf_o[fill], buf_a[fill] = b["obs"][i], b["action"][i]
+                        fill += 1
+                        continue
+                    if pending == 0:
+                        out_o = np.empty((BATCH, *buf_o.shape[1:]), np.uint8)
+                        out_a = np.empty(BATCH, np.int64)
+                    j = rng.integers(size)
+                    out_o[pending], out_a[pending] = buf_o[j], buf_a[j]
+                    buf_o[j], buf_a[j] = b["obs"][i], b["action"][i]
+                    pending += 1
+                    if pending == BATCH:
+                        yield {"obs": torch.from_numpy(out_o), "action": torch.from_numpy(out_a)}
+                        pending = 0
+        if pending:
+            yield {"obs": torch.from_numpy(out_o[:pending]), "action": torch.from_numpy(out_a[:pending])}
+        if fill:
+            rest = rng.permutation(fill)
+            for s in range(0, fill, BATCH):
+                idx = rest[s : s + BATCH]
+                yield {"obs": torch.from_numpy(buf_o[idx]), "action": torch.from_numpy(buf_a[idx])}
+
+
+def dataloader_arm(uri: str, shuffle_buffer: int, epochs: int, workers: int = 2) -> list[float]:
+    from torch.utils.data import DataLoader, IterableDataset
+
+    cfg, ingest = ingest_for(uri, shuffle_buffer)
+    stream = _TaskStream(ingest.read_spec(None, train=True), ingest.tasks(None), shuffle_buffer)
+
+    class DS(IterableDataset):
+        def __iter__(self):
+            return iter(stream)
+
+    loader = DataLoader(
+        DS(), batch_size=None, num_workers=workers, persistent_workers=True, prefetch_factor=4
+    )
+    rates = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        n = 0
+        for batch in loader:
+            n += len(batch["obs"])
+        rates.append(n / (time.perf_counter() - t0))
+    del loader
+    return rates
+
+
+# ---- arm 3: the limit -----------------------------------------------------------------------------
+
+
+def _limit_worker(args):
+    spec, tasks = args
+    from rayapp.data.samples import read_samples
+
+    n = 0
+    for task in tasks:
+        for b in read_samples(spec, task, 0):
+            n += len(b["obs"])
+    return n
+
+
+def limit_arm(uri: str, processes: int) -> float:
+    _, ingest = ingest_for(uri, 0)
+    spec, tasks = ingest.read_spec(None, train=False), ingest.tasks(None)
+    shares = [(spec, tasks[i::processes]) for i in range(processes)]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(processes) as pool:
+        pool.map(_limit_worker, [(spec, tasks[:1])] * processes)  # warm: imports, page cache
+        t0 = time.perf_counter()
+        n = sum(pool.map(_limit_worker, shares))
+        return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=None)
+    a = ap.parse_args()
+    steps = a.steps or (12_000 if a.quick else 48_000)
+    epochs = a.epochs or (2 if a.quick else 3)
+    import ray
+
+    cpus = os.cpu_count() or 2
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    tmp = tempfile.mkdtemp(prefix="ingest-")
+    out: dict = {"benchmark": "ingest", "quick": a.quick, "machine": f"{platform.machine()} {cpus} cpus", "steps": steps,
+                 "batch_size": BATCH, "shuffle_buffer": SHUFFLE, "sample": "4x84x84 uint8 (gray, stacked) from 210x160x3"}  # fmt: skip
+    try:
+        uri = make_dataset(tmp, steps)
+        variants = [SHUFFLE] if a.quick else [0, SHUFFLE]
+        ray_local = ray_arm(uri, variants, epochs)
+        for v in variants:
+            key = "shuffle" if v else "no_shuffle"
+            out[f"ray_local_{key}"] = _warm(ray_local[v])
+            out[f"dataloader_local_{key}"] = _warm(dataloader_arm(uri, v, epochs))
+        out["limit_local"] = round(limit_arm(uri, cpus))
+        if not a.quick:
+            from moto.server import ThreadedMotoServer
+
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            server.start()
+            host, port = server.get_host_and_port()
+            os.environ.update(
+                AWS_ENDPOINT_URL=f"http://{host}:{port}",
+                AWS_ACCESS_KEY_ID="x",
+                AWS_SECRET_ACCESS_KEY="x",
+                AWS_DEFAULT_REGION="us-east-1",
+            )
+            import boto3
+
+            boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="bench")
+            s3_uri = upload(uri, "bench")
+            # Ray's workers must see the endpoint: restart Ray with the variables set
+            ray.shutdown()
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+            ray_s3 = ray_arm(s3_uri, variants, epochs)
+            for v in variants:
+                key = "shuffle" if v else "no_shuffle"
+                out[f"ray_s3_{key}"] = _warm(ray_s3[v])
+                out[f"dataloader_s3_{key}"] = _warm(dataloader_arm(s3_uri, v, epochs))
+            out["limit_s3"] = round(limit_arm(s3_uri, cpus))
+            server.stop()
+            # memory at 1x and 4x the data
+            big = replicate(uri, 4, os.path.join(tmp, "x4"))
+            for label, u in (("1x", uri), ("4x", big)):
+                with PeakMemory() as pm:
+                    ray_arm(u, [SHUFFLE], 1)
+                out[f"peak_memory_gib_{label}"] = round(pm.peak / 2**30, 2)
+        out["ratio_vs_dataloader"] = round(out["ray_local_shuffle"] / out["dataloader_local_shuffle"], 3)
+        out["fraction_of_limit"] = round(out["ray_local_shuffle"] / out["limit_local"], 3)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        ray.shutdown()
+    print(json.dumps(out))
+
+
+def _warm(rates: list[float]) -> float:
+    """The first epoch pays start-up (process pools, footers); report the median of the rest."""
+    warm = rates[1:] or rates
+    return round(float(np.median(warm)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""`ReplayDatasource`: the replay shards as a Ray Data datasource of training samples.
+
+Why not `read_parquet` + `map_batches`: Ray Data hands `map_batches` independent blocks, so a
+frame stack cannot see the frames before its block, and a clip cannot see the rows after it. Here
+each read task reads whole Parquet row groups of one writer's stream, with the context and
+lookahead it needs, and does decode -> preprocess -> stack -> split filter -> balance -> shuffle in
+one pass: nothing but finished samples crosses the object store, and there is no separate map
+stage whose fusion could break. Read tasks are re-planned every epoch (Ray calls
+`get_read_tasks` for each execution), which reshuffles their order and redraws the resampling.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+
+import numpy as np
+
+from rayapp.data.index import SPLITS, DatasetIndex
+from rayapp.data.preprocess import FrameSpec
+from rayapp.data.samples import ReadSpec, TaskSpec, read_samples
+
+__all__ = ["ReplayDatasource", "plan_tasks"]
+
+
+def plan_tasks(
+    index: DatasetIndex, split: str | None, rows_per_task: int, context: int, lookahead: int
+) -> list[TaskSpec]:
+    """Cut every writer's stream of row groups into runs of about `rows_per_task` rows of `split`."""
+    k = None if split is None else SPLITS.index(split)
+    tasks: list[TaskSpec] = []
+    for stream in index.streams.values():
+        run: list[int] = []
+        run_rows = 0
+
+        def close(run: list[int], run_rows: int) -> None:
+            if not run or run_rows == 0:
+                return
+            groups = []
+            # context: enough groups before the run for `context` rows
+            need, j = context, run[0] - 1
+            before = []
+            while need > 0 and j >= 0:
+                before.append(j)
+                need -= stream[j].rows
+                j -= 1
+            groups += [(j_, "context") for j_ in reversed(before)]
+            groups += [(j_, "own") for j_ in run]
+            need, j = lookahead, run[-1] + 1
+            while need > 0 and j < len(stream):
+                groups.append((j, "lookahead"))
+                need -= stream[j].rows
+                j += 1
+            spec = tuple((index.shards[stream[g].shard].path, stream[g].group, role) for g, role in groups)
+            tasks.append(TaskSpec(len(tasks), spec, run_rows))
+
+        for gi, g in enumerate(stream):
+            rows = g.rows if k is None else g.split_rows[k]
+            if rows == 0:
+                close(run, run_rows)
+                run, run_rows = [], 0
+                continue
+            if run and run_rows + rows > rows_per_task:
+                close(run, run_rows)
+                run, run_rows = [], 0
+            run.append(gi)
+            run_rows += rows
+        close(run, run_rows)
+    return tasks
+
+
+def _blocks(spec: ReadSpec, task: TaskSpec, epoch: int) -> Iterator:
+    from ray.data.block import BlockAccessor
+
+    for batch in read_samples(spec, task, epoch):
+        yield BlockAccessor.batch_to_block(batch)
+
+
+class ReplayDatasource:
+    """Build with `make_datasource`; a subclass of ray.data.Datasource is created lazily so that
+    importing rayapp.data does not import Ray."""
+
+
+def make_datasource(spec: ReadSpec, tasks: list[TaskSpec], sample_bytes: int):
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class _ReplayDatasource(Datasource, ReplayDatasource):
+        def __init__(self) -> None:
+            super().__init__()
+            self.spec, self.tasks, self.sample_bytes = spec, tasks, sample_bytes
+            self.epoch = 0
+
+        def get_name(self) -> str:
+            return f"Replay[{spec.split or 'all'}]"
+
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(t.rows for t in self.tasks) * self.sample_bytes
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list:
+            self.epoch += 1
+            order = list(self.tasks)
+            if self.spec.shuffle:
+                rng = np.random.default_rng([self.spec.seed, self.epoch])
+                order = [order[i] for i in rng.permutation(len(order))]
+            out = []
+            for t in order:
+                rows = t.rows if self.spec.clip_length == 0 else max(1, t.rows // self.spec.clip_length)
+                meta = BlockMetadata(
+                    num_rows=rows, size_bytes=rows * self.sample_bytes, input_files=None, exec_stats=None
+                )
+                out.append(
+                    ReadTask(
+                        functools.partial(_blocks, self.spec, t, self.epoch),
+                        meta,
+                        per_task_row_limit=per_task_row_limit,
+                    )
+                )
+            return out
+
+    return _ReplayDatasource()
+
+
+def sample_bytes(frames: FrameSpec, source_shape: tuple[int, ...], clip_length: int) -> int:
+    c, h, w = frames.input_shape(source_shape)
+    return c * h * w * max(1, clip_length) + 16

@@ -1,0 +1,273 @@
+"""`rayapp evaluate --checkpoint ...`: play the game with a trained policy and compare.
+
+The policy plays `eval.episodes` episodes greedily and sampling from its softmax; the scripted
+teacher and a random player play the same episodes (same seeds, same emulator settings, same step
+cap) in the same run. Episode runners are Ray tasks. Writes to `<run.dir>/eval/`: `eval.json`,
+`scores.png` (a plot) and `gameplay.gif` (the greedy policy's first episode).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rayapp.config import Config, EnvConfig
+from rayapp.errors import RayappError
+from rayapp.models.checkpoint import load_policy
+from rayapp.runtime import init_ray
+from rayapp.storage import resolve, write_bytes_atomic
+
+__all__ = ["evaluate", "EvalReport", "play_episodes", "PolicyPlayer"]
+
+
+class PolicyPlayer:
+    """A checkpoint acting on raw frames: preprocess + stack (PixelStack), then greedy or sampled."""
+
+    def __init__(self, checkpoint_path: str, mode: str = "greedy", epsilon: float = 0.0, seed: int = 0):
+        import torch
+
+        torch.set_num_threads(1)
+        self.ckpt = load_policy(checkpoint_path)
+        self.model = self.ckpt.model()
+        self.mode, self.epsilon = mode, epsilon
+        self.rng = np.random.default_rng(seed)
+        self.clip = int(self.ckpt.config.get("data", {}).get("clip_length", 0) or 0)
+        self.state = None
+        self.t = 0
+
+    def reset(self) -> None:
+        self.state, self.t = None, 0
+
+    def act(self, obs: np.ndarray) -> int | list[int]:
+        import torch
+
+        x = torch.from_numpy(obs)[None]
+        if self.ckpt.spec.recurrent:
+            if self.clip and self.t % self.clip == 0:
+                self.state = None  # trained on clips that start from a zero state
+            x = x[None]
+        with torch.no_grad():
+            outputs, self.state = self.model.step(x, self.state)
+        self.t += 1
+        acts = []
+        for out in outputs:
+            logits = out.reshape(-1)
+            if self.mode == "sampled":
+                p = torch.softmax(logits.double(), 0).numpy()
+                acts.append(int(self.rng.choice(len(p), p=p / p.sum())))
+            elif self.epsilon and self.rng.random() < self.epsilon:
+                acts.append(int(self.rng.integers(len(logits))))
+            else:
+                acts.append(int(logits.argmax()))
+        return acts[0] if len(acts) == 1 else acts
+
+
+def _overlay(frame: np.ndarray, text: str) -> np.ndarray:
+    import cv2
+
+    img = cv2.resize(frame, (frame.shape[1] * 2, frame.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
+    cv2.putText(
+        img, text, (6, img.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
+    )
+    return img
+
+
+def play_episodes(player: str, mode: str, seeds: list[int], env_cfg: dict[str, Any], checkpoint: str | None,
+                  frames_json: dict | None, epsilon: float, video_steps: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+    """Play one episode per seed; returns score, steps and action counts (and video frames for the
+    first episode when `video_steps` > 0). Runs in a Ray task or in-process."""
+    from rayapp.config import RecordConfig
+    from rayapp.data.preprocess import FrameSpec
+    from rayapp.envs.atari import game_name, make_atari_env
+    from rayapp.envs.policies import make_policy
+    from rayapp.envs.wrappers import PixelStack
+
+    ec = EnvConfig(**env_cfg)
+    env = make_atari_env(ec)
+    results = []
+    if player == "policy":
+        env = PixelStack(env, FrameSpec.from_json(frames_json))
+        agent = PolicyPlayer(checkpoint, mode, epsilon, seed=seeds[0] if seeds else 0)
+    else:
+        agent = make_policy(
+            RecordConfig(policy=player),
+            game_name(ec.game),
+            env,
+            np.random.default_rng(seeds[0] if seeds else 0),
+        )
+    n_actions = int(env.action_space.n) if hasattr(env.action_space, "n") else 0
+    for i, seed in enumerate(seeds):
+        obs, _ = env.reset(seed=seed)
+        agent.reset()
+        score, steps, done = 0.0, 0, False
+        counts = np.zeros(max(1, n_actions), np.int64)
+        video: list[np.ndarray] = []
+        t0 = time.perf_counter()
+        while not done:
+            a = agent.act(obs) if player == "policy" else agent.act(obs)[0]
+            if n_actions:
+                counts[a] += 1
+            obs, r, te, tr, _ = env.step(a)
+            score += float(r)
+            steps += 1
+            done = te or tr
+            if i == 0 and len(video) < video_steps:
+                raw = env.last_frame if player == "policy" else obs
+                video.append(
+                    _overlay(raw, f"{mode if player == 'policy' else player} score {score:g} step {steps}")
+                )
+        results.append({"seed": seed, "score": score, "steps": steps, "truncated": bool(tr), "actions": counts.tolist(),
+                        "steps_per_s": steps / (time.perf_counter() - t0), "video": video})  # fmt: skip
+    env.close()
+    return results
+
+
+@dataclass
+class EvalReport:
+    checkpoint: str
+    game: str
+    players: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def stats(self, name: str) -> dict[str, float]:
+        s = np.array([e["score"] for e in self.players[name]], np.float64)
+        return {
+            "mean": float(s.mean()),
+            "std": float(s.std()),
+            "min": float(s.min()),
+            "max": float(s.max()),
+            "episodes": len(s),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"checkpoint": self.checkpoint, "game": self.game, "scores": {}, "files": self.files}
+        for name, eps in self.players.items():
+            out["scores"][name] = {
+                **self.stats(name),
+                "per_episode": [e["score"] for e in eps],
+                "steps": [e["steps"] for e in eps],
+            }
+        for name in self.players:
+            if name.startswith("policy") and "teacher" in self.players:
+                t = self.stats("teacher")["mean"]
+                out["scores"][name]["vs_teacher"] = self.stats(name)["mean"] / t if t else None
+            if name.startswith("policy") and "random" in self.players:
+                r = self.stats("random")["mean"]
+                out["scores"][name]["vs_random"] = self.stats(name)["mean"] / r if r else None
+        return out
+
+    def text(self) -> str:
+        lines = [f"evaluation of {self.checkpoint} on {self.game}"]
+        for name in self.players:
+            s = self.stats(name)
+            lines.append(
+                f"  {name:<16} score {s['mean']:7.2f} +- {s['std']:6.2f}  (min {s['min']:g}, max {s['max']:g}, {s['episodes']} episodes)"
+            )
+        j = self.to_json()["scores"]
+        for name in self.players:
+            if "vs_teacher" in j[name] or "vs_random" in j[name]:
+                vt, vr = j[name].get("vs_teacher"), j[name].get("vs_random")
+                lines.append(
+                    f"  {name}: {vt:.2f}x the teacher, {vr:.1f}x random"
+                    if vt is not None and vr is not None
+                    else f"  {name}: -"
+                )
+        lines += [f"  {k}: {v}" for k, v in self.files.items()]
+        return "\n".join(lines)
+
+
+def _plot(report: EvalReport) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report.players)
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.6), dpi=110)
+    colors = {"teacher": "#4c72b0", "random": "#999999"}
+    for i, n in enumerate(names):
+        s = [e["score"] for e in report.players[n]]
+        ax.bar(i, np.mean(s), yerr=np.std(s), color=colors.get(n, "#dd8452"), alpha=0.85, capsize=4)
+        ax.scatter(np.full(len(s), i) + np.linspace(-0.15, 0.15, len(s)), s, s=10, color="black", zorder=3)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("episode score")
+    ax.set_title(f"{report.game}: {len(report.players[names[0]])} episodes each")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _gif(frames: list[np.ndarray], fps: int) -> bytes:
+    import imageio.v3 as iio
+
+    buf = io.BytesIO()
+    iio.imwrite(buf, np.stack(frames), extension=".gif", duration=1000 / fps, loop=0)
+    return buf.getvalue()
+
+
+def evaluate(cfg: Config, checkpoint: str, out_dir: str | None = None) -> EvalReport:
+    import ray
+
+    e = cfg.eval
+    pol = load_policy(checkpoint)  # a bad path or file fails here, before Ray
+    env_cfg = dict(pol.config.get("env", {}))
+    if not env_cfg:
+        raise RayappError(f"{pol.path}: the checkpoint's config has no env section")
+    env_cfg["max_episode_steps"] = e.max_episode_steps
+    game = pol.game.get("game", env_cfg.get("game", "?"))
+    init_ray(cfg.ray)
+    seeds = [cfg.run.seed * 1000 + 17 + i for i in range(e.episodes)]
+    jobs: list[tuple[str, str, list[int]]] = [("policy", m, seeds) for m in e.modes] + [
+        (b, b, seeds) for b in e.baselines
+    ]
+    chunks = max(1, min(e.episodes, e.workers))
+    remote = ray.remote(num_cpus=e.cpus_per_worker)(play_episodes)
+    refs = []
+    for player, mode, sd in jobs:
+        for c in range(chunks):
+            part = sd[c::chunks]
+            if part:
+                video = e.video_steps if (player == "policy" and mode == e.modes[0] and c == 0) else 0
+                refs.append(
+                    (
+                        (player, mode),
+                        remote.remote(
+                            player, mode, part, env_cfg, pol.path, pol.frames.to_json(), e.epsilon, video
+                        ),
+                    )
+                )
+    report = EvalReport(pol.path, game)
+    for (player, mode), ref in refs:
+        name = f"policy/{mode}" if player == "policy" else player
+        report.players.setdefault(name, []).extend(ray.get(ref))
+    for eps in report.players.values():
+        eps.sort(key=lambda x: x["seed"])
+    folder = resolve(out_dir or resolve(cfg.run.dir).join("eval").uri)
+    video = next(
+        (
+            ep["video"]
+            for name, eps in report.players.items()
+            if name.startswith("policy")
+            for ep in eps
+            if ep["video"]
+        ),
+        None,
+    )
+    if video:
+        write_bytes_atomic(folder.join("gameplay.gif"), _gif(video, e.video_fps))
+        report.files["video"] = folder.join("gameplay.gif").uri
+    for eps in report.players.values():
+        for ep in eps:
+            ep.pop("video", None)
+    write_bytes_atomic(folder.join("scores.png"), _plot(report))
+    report.files["plot"] = folder.join("scores.png").uri
+    report.files["report"] = folder.join("eval.json").uri
+    write_bytes_atomic(folder.join("eval.json"), (json.dumps(report.to_json(), indent=2) + "\n").encode())
+    return report

@@ -1,0 +1,188 @@
+"""Behaviour cloning on a shared local Ray: tiny real runs, checkpoints, faults, evaluation."""
+
+import csv
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from rayapp.errors import RayappError
+from rayapp.models import ModelSpec, build_model, load_policy, resolve_checkpoint
+from rayapp.replay import ReplayDataset
+from rayapp.replay.record import record
+from rayapp.train.bc import _flatten, classification_metrics, pretrain
+
+
+@pytest.fixture(scope="module")
+def breakout_data(ray_session, tmp_path_factory):
+    """A few hundred real Breakout steps by the noisy teacher (all four actions occur)."""
+    from conftest import SMOKE
+
+    from rayapp.config import load_config
+
+    root = tmp_path_factory.mktemp("bc")
+    cfg = load_config(
+        SMOKE,
+        [f"run.dir={root}/rec", "record.episodes=6", "record.policy=noisy_teacher", "record.epsilon=0.3"],
+    )
+    record(cfg, show_progress=False)
+    return cfg.data_uri
+
+
+def test_models_have_one_head_per_control():
+    spec = ModelSpec((4, 84, 84), (("command", 3), ("x", 16), ("y", 9)))
+    net = build_model(spec)
+    out = net(torch.zeros(5, 4, 84, 84, dtype=torch.uint8))
+    assert [tuple(o.shape) for o in out] == [(5, 3), (5, 16), (5, 9)]
+    rnn = build_model(ModelSpec((1, 84, 84), (("action", 4),), arch="cnn_lstm"))
+    out, state = rnn.step(torch.zeros(2, 7, 1, 84, 84, dtype=torch.uint8))
+    assert tuple(out[0].shape) == (2, 7, 4) and state[0].shape == (1, 2, 256)
+    # clip padding is dropped from the loss: only masked-in steps remain
+    batch = {"action": torch.tensor([[1, 2, 0]]), "mask": torch.tensor([[True, True, False]])}
+    ((lg, y),) = _flatten([torch.zeros(1, 3, 4)], batch, ("action",))
+    assert lg.shape == (2, 4) and y.tolist() == [1, 2]
+
+
+def test_classification_metrics():
+    conf = np.array([[8, 2, 0], [1, 1, 0], [0, 0, 0]])  # class 2 absent
+    m = classification_metrics(conf, ["a", "b", "c"], "val")
+    assert m["val/accuracy"] == pytest.approx(9 / 12)
+    assert m["val/balanced_accuracy"] == pytest.approx((0.8 + 0.5) / 2)
+    assert m["val/recall_b"] == pytest.approx(0.5) and "val/recall_c" not in m
+
+
+def test_tiny_pretrain_two_workers_and_checkpoint_round_trip(breakout_data, smoke_cfg):
+    cfg = smoke_cfg(f"data.uri={breakout_data}", "pretrain.epochs=2", "pretrain.batch_size=64")
+    r = pretrain(cfg)
+    run = cfg.run.dir
+    assert resolve_checkpoint(run) == r.checkpoint
+    rows = list(csv.DictReader(open(os.path.join(run, "pretrain", "metrics.csv"))))
+    assert [int(x["epoch"]) for x in rows] == [1, 2]
+    for key in (
+        "train/loss",
+        "train/accuracy",
+        "val/balanced_accuracy",
+        "val/recall_NOOP",
+        "train/samples_per_s",
+    ):
+        assert key in rows[0]
+    assert float(rows[1]["train/samples"]) == pytest.approx(r.summary["splits"]["train"]["steps"], rel=0.01)
+    assert any(
+        f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run, "pretrain", "tensorboard"))
+    )
+    assert os.path.exists(os.path.join(run, "config.pretrain.yaml"))
+    # the checkpoint alone rebuilds the network: same outputs as the weights saved for resuming
+    pol = load_policy(run)
+    assert pol.spec.input_shape == (4, 84, 84) and pol.spec.controls == (("action", 4),)
+    assert pol.game["game"] == "Breakout" and pol.action_labels() == ["NOOP", "FIRE", "RIGHT", "LEFT"]
+    state = torch.load(os.path.join(r.checkpoint, "train_state.pt"), weights_only=False)
+    ref = build_model(pol.spec)
+    ref.load_state_dict(state["model"])
+    ref.eval()
+    ep = next(ReplayDataset(breakout_data).iter_episodes())
+    from rayapp.data import Preprocessor
+
+    x = torch.from_numpy(Preprocessor(pol.frames, ep.obs.shape[1:])(ep.obs[:8])[:, 0])[:, None].repeat(
+        1, 4, 1, 1
+    )
+    with torch.no_grad():
+        assert torch.equal(pol.model()(x)[0], ref(x)[0])
+    # rerunning the finished run says so instead of training again
+    with pytest.raises(RayappError, match="already trained 2 epochs"):
+        pretrain(cfg)
+
+
+def test_mismatched_checkpoint_fails_before_training(breakout_data, smoke_cfg, tmp_path):
+    from conftest import SMOKE
+
+    from rayapp.config import load_config
+
+    cfg = smoke_cfg(f"data.uri={breakout_data}", "pretrain.epochs=1", "pretrain.num_workers=1")
+    pretrain(cfg)
+    pong = load_config(
+        SMOKE, [f"run.dir={tmp_path}/pong", "env.game=Pong", "record.episodes=2", "record.policy=random"]
+    )
+    record(pong, show_progress=False)
+    bad = load_config(SMOKE, [f"run.dir={tmp_path}/pong", f"model.init_checkpoint={cfg.run.dir}"])
+    t = time.time()
+    with pytest.raises(RayappError) as e:
+        pretrain(bad)
+    msg = str(e.value)
+    assert (
+        "does not match dataset" in msg
+        and "actions [('action', 4)] vs [('action', 6)]" in msg
+        and "game Breakout vs Pong" in msg
+    )
+    assert time.time() - t < 30  # refused before any training started
+    assert not os.path.exists(os.path.join(tmp_path, "pong", "pretrain", "latest.json"))
+
+
+def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(breakout_data, smoke_cfg):
+    from ray.util.state import list_actors
+
+    cfg = smoke_cfg(
+        f"data.uri={breakout_data}", "pretrain.epochs=4", "pretrain.batch_size=16", "data.shuffle_buffer=0"
+    )
+    latest = os.path.join(cfg.run.dir, "pretrain", "latest.json")
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=pretrain(cfg)))
+    t.start()
+    deadline = time.time() + 180
+    while not (os.path.exists(latest) and json.load(open(latest))["epoch"] >= 1):
+        assert time.time() < deadline and t.is_alive(), "no first checkpoint"
+        time.sleep(0.05)
+    workers = [
+        a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    ]
+    assert workers, "no training worker found"
+    victim = workers[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    t.join(timeout=300)
+    assert not t.is_alive()
+    r = out["r"]
+    rows = list(csv.DictReader(open(os.path.join(cfg.run.dir, "pretrain", "metrics.csv"))))
+    epochs = [int(x["epoch"]) for x in rows]
+    assert epochs[-1] == 4 and epochs.count(1) == 1, (
+        f"resumed from epoch 1's checkpoint, not from scratch: {epochs}"
+    )
+    assert r.metrics["epoch"] >= 1
+    alive = [
+        a["pid"]
+        for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    ]
+    assert victim not in alive
+
+
+def test_recurrent_model_trains_on_clips(breakout_data, smoke_cfg):
+    cfg = smoke_cfg(f"data.uri={breakout_data}", "pretrain.epochs=1", "pretrain.num_workers=1", "pretrain.batch_size=4",
+                    "model.arch=cnn_lstm", "data.clip_length=25", "data.frame_stack=1")  # fmt: skip
+    r = pretrain(cfg)
+    pol = load_policy(r.checkpoint)
+    assert pol.spec.recurrent and pol.spec.input_shape == (1, 84, 84)
+    assert r.metrics["train/samples"] > 0
+
+
+def test_evaluate_reports_scores_plot_and_video(breakout_data, smoke_cfg):
+    from PIL import Image
+
+    from rayapp.evaluate import evaluate
+
+    cfg = smoke_cfg(f"data.uri={breakout_data}", "pretrain.epochs=1", "pretrain.num_workers=1",
+                    "eval.episodes=2", "eval.max_episode_steps=150", "eval.video_steps=40")  # fmt: skip
+    pretrain(cfg)
+    rep = evaluate(cfg, cfg.run.dir)
+    j = json.load(open(os.path.join(cfg.run.dir, "eval", "eval.json")))
+    assert set(j["scores"]) == {"policy/greedy", "policy/sampled", "teacher", "random"}
+    for s in j["scores"].values():
+        assert s["episodes"] == 2 and len(s["per_episode"]) == 2 and all(n <= 150 for n in s["steps"])
+    assert j["scores"]["teacher"]["mean"] > j["scores"]["random"]["mean"]
+    assert "vs_teacher" in j["scores"]["policy/greedy"]
+    gif = Image.open(os.path.join(cfg.run.dir, "eval", "gameplay.gif"))
+    assert gif.n_frames == 40
+    assert Image.open(os.path.join(cfg.run.dir, "eval", "scores.png")).size[0] > 300
+    assert "teacher" in rep.text()
