@@ -23,50 +23,52 @@ from rayapp.data.samples import ReadSpec, TaskSpec, read_samples
 __all__ = ["ReplayDatasource", "plan_tasks"]
 
 
+def _task(
+    task_id: int, index: DatasetIndex, stream: list, run: list[int], rows: int, context: int, lookahead: int
+) -> TaskSpec:
+    """The run of groups, with enough groups before it for `context` rows and after it for
+    `lookahead` rows (in the same writer's stream)."""
+    before, need, j = [], context, run[0] - 1
+    while need > 0 and j >= 0:
+        before.append(j)
+        need -= stream[j].rows
+        j -= 1
+    after, need, j = [], lookahead, run[-1] + 1
+    while need > 0 and j < len(stream):
+        after.append(j)
+        need -= stream[j].rows
+        j += 1
+    groups = (
+        [(g, "context") for g in reversed(before)]
+        + [(g, "own") for g in run]
+        + [(g, "lookahead") for g in after]
+    )
+    spec = tuple((index.shards[stream[g].shard].path, stream[g].group, role) for g, role in groups)
+    return TaskSpec(task_id, spec, rows)
+
+
 def plan_tasks(
     index: DatasetIndex, split: str | None, rows_per_task: int, context: int, lookahead: int
 ) -> list[TaskSpec]:
     """Cut every writer's stream of row groups into runs of about `rows_per_task` rows of `split`."""
     k = None if split is None else SPLITS.index(split)
-    tasks: list[TaskSpec] = []
+    runs: list[tuple[list, list[int], int]] = []
     for stream in index.streams.values():
         run: list[int] = []
         run_rows = 0
-
-        def close(run: list[int], run_rows: int) -> None:
-            if not run or run_rows == 0:
-                return
-            groups = []
-            # context: enough groups before the run for `context` rows
-            need, j = context, run[0] - 1
-            before = []
-            while need > 0 and j >= 0:
-                before.append(j)
-                need -= stream[j].rows
-                j -= 1
-            groups += [(j_, "context") for j_ in reversed(before)]
-            groups += [(j_, "own") for j_ in run]
-            need, j = lookahead, run[-1] + 1
-            while need > 0 and j < len(stream):
-                groups.append((j, "lookahead"))
-                need -= stream[j].rows
-                j += 1
-            spec = tuple((index.shards[stream[g].shard].path, stream[g].group, role) for g, role in groups)
-            tasks.append(TaskSpec(len(tasks), spec, run_rows))
-
         for gi, g in enumerate(stream):
             rows = g.rows if k is None else g.split_rows[k]
-            if rows == 0:
-                close(run, run_rows)
+            if run and (rows == 0 or run_rows + rows > rows_per_task):
+                runs.append((stream, run, run_rows))
                 run, run_rows = [], 0
-                continue
-            if run and run_rows + rows > rows_per_task:
-                close(run, run_rows)
-                run, run_rows = [], 0
-            run.append(gi)
-            run_rows += rows
-        close(run, run_rows)
-    return tasks
+            if rows:
+                run.append(gi)
+                run_rows += rows
+        if run:
+            runs.append((stream, run, run_rows))
+    return [
+        _task(i, index, stream, run, rows, context, lookahead) for i, (stream, run, rows) in enumerate(runs)
+    ]
 
 
 def _blocks(spec: ReadSpec, task: TaskSpec, epoch: int) -> Iterator:
