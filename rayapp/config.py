@@ -113,6 +113,10 @@ class DataConfig:
     rows_per_task: int = opt(
         4000, "rows per read task (whole row groups); tasks are the unit of parallel reading"
     )
+    object_store_mb: int = opt(
+        1024,
+        "object store budget of the ingest (blocks in flight); bounds its memory whatever the dataset size (0: Ray's default)",
+    )
     read_cpus: float = opt(
         0.5, "CPUs reserved per read task (0.5 leaves room beside training workers on 2 CPUs)"
     )
@@ -120,13 +124,14 @@ class DataConfig:
 
 @dataclass
 class RecordConfig:
-    policy: Literal["teacher", "random", "noisy_teacher"] = opt(
+    policy: Literal["teacher", "random", "noisy_teacher", "checkpoint"] = opt(
         "teacher",
-        "who plays: the scripted teacher (reads the emulator's RAM), random, or the teacher with epsilon noise",
+        "who plays: the scripted teacher (reads the emulator's RAM), random, the teacher with epsilon noise, or a trained checkpoint",
     )
     epsilon: float = opt(
-        0.1, "noisy_teacher: probability of a uniformly random action instead of the teacher's"
+        0.1, "noisy_teacher and checkpoint: probability of a uniformly random action instead of the policy's"
     )
+    checkpoint: str = opt("", "policy=checkpoint: a run folder (its best checkpoint) or a checkpoint folder")
     episodes: int = opt(20, "episodes to record in all (0: no limit, then `steps` must be set)")
     steps: int = opt(0, "stop after this many steps in all, finishing the episodes in progress (0: no limit)")
     collectors: int = opt(2, "collector actors recording in parallel into the same dataset")
@@ -237,6 +242,10 @@ class Config:
             raise ConfigError(f"record.epsilon must be in [0, 1], got {r.epsilon}")
         if r.collectors < 1:
             raise ConfigError(f"record.collectors must be >= 1, got {r.collectors}")
+        if r.policy == "checkpoint" and not r.checkpoint:
+            raise ConfigError(
+                "record.policy=checkpoint needs record.checkpoint (a run folder or checkpoint folder)"
+            )
         if not 1 <= r.jpeg_quality <= 100:
             raise ConfigError(f"record.jpeg_quality must be in [1, 100], got {r.jpeg_quality}")
         if r.shard_mb <= 0 or r.max_shard_mb < r.shard_mb:
@@ -283,7 +292,7 @@ class Config:
             )
         if not 0 <= d.balance_power <= 1 or d.max_resample_rate < 1:
             raise ConfigError("data.balance_power must be in [0, 1] and data.max_resample_rate >= 1")
-        if d.rows_per_task < 1 or d.read_cpus < 0 or d.shuffle_buffer < 0:
+        if d.rows_per_task < 1 or d.read_cpus < 0 or d.shuffle_buffer < 0 or d.object_store_mb < 0:
             raise ConfigError("data.rows_per_task >= 1, data.read_cpus >= 0 and data.shuffle_buffer >= 0")
 
 

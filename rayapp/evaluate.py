@@ -22,49 +22,7 @@ from rayapp.models.checkpoint import load_policy
 from rayapp.runtime import init_ray
 from rayapp.storage import resolve, write_bytes_atomic
 
-__all__ = ["evaluate", "EvalReport", "play_episodes", "PolicyPlayer"]
-
-
-class PolicyPlayer:
-    """A checkpoint acting on raw frames: preprocess + stack (PixelStack), then greedy or sampled."""
-
-    def __init__(self, checkpoint_path: str, mode: str = "greedy", epsilon: float = 0.0, seed: int = 0):
-        import torch
-
-        torch.set_num_threads(1)
-        self.ckpt = load_policy(checkpoint_path)
-        self.model = self.ckpt.model()
-        self.mode, self.epsilon = mode, epsilon
-        self.rng = np.random.default_rng(seed)
-        self.clip = int(self.ckpt.config.get("data", {}).get("clip_length", 0) or 0)
-        self.state = None
-        self.t = 0
-
-    def reset(self) -> None:
-        self.state, self.t = None, 0
-
-    def act(self, obs: np.ndarray) -> int | list[int]:
-        import torch
-
-        x = torch.from_numpy(obs)[None]
-        if self.ckpt.spec.recurrent:
-            if self.clip and self.t % self.clip == 0:
-                self.state = None  # trained on clips that start from a zero state
-            x = x[None]
-        with torch.no_grad():
-            outputs, self.state = self.model.step(x, self.state)
-        self.t += 1
-        acts = []
-        for out in outputs:
-            logits = out.reshape(-1)
-            if self.mode == "sampled":
-                p = torch.softmax(logits.double(), 0).numpy()
-                acts.append(int(self.rng.choice(len(p), p=p / p.sum())))
-            elif self.epsilon and self.rng.random() < self.epsilon:
-                acts.append(int(self.rng.integers(len(logits))))
-            else:
-                acts.append(int(logits.argmax()))
-        return acts[0] if len(acts) == 1 else acts
+__all__ = ["evaluate", "EvalReport", "play_episodes"]
 
 
 def _overlay(frame: np.ndarray, text: str) -> np.ndarray:
@@ -92,7 +50,9 @@ def play_episodes(player: str, mode: str, seeds: list[int], env_cfg: dict[str, A
     results = []
     if player == "policy":
         env = PixelStack(env, FrameSpec.from_json(frames_json))
-        agent = PolicyPlayer(checkpoint, mode, epsilon, seed=seeds[0] if seeds else 0)
+        from rayapp.play.agent import Agent
+
+        agent = Agent(checkpoint, mode, epsilon, seed=seeds[0] if seeds else 0)
     else:
         agent = make_policy(
             RecordConfig(policy=player),

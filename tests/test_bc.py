@@ -186,3 +186,38 @@ def test_evaluate_reports_scores_plot_and_video(breakout_data, smoke_cfg):
     assert gif.n_frames == 40
     assert Image.open(os.path.join(cfg.run.dir, "eval", "scores.png")).size[0] > 300
     assert "teacher" in rep.text()
+
+
+def test_record_with_a_trained_checkpoint(breakout_data, smoke_cfg, tmp_path):
+    from conftest import SMOKE
+
+    from rayapp.config import load_config
+    from rayapp.errors import ConfigError
+
+    cfg = smoke_cfg(f"data.uri={breakout_data}", "pretrain.epochs=1", "pretrain.num_workers=1")
+    pretrain(cfg)
+    rec = load_config(SMOKE, [f"run.dir={tmp_path}/agent", "record.policy=checkpoint", f"record.checkpoint={cfg.run.dir}",
+                              "record.epsilon=0", "record.episodes=2"])  # fmt: skip
+    summary = record(rec, show_progress=False)
+    ds = ReplayDataset(rec.data_uri)
+    assert ds.info.recorded_by["policy"] == "checkpoint" and len(summary.episodes) == 2
+    # the recorded actions are the agent's own greedy choices on the recorded frames
+    from rayapp.play import Agent, FrameStacker
+
+    agent = Agent(cfg.run.dir)
+    ep = next(ds.iter_episodes())
+    stack = FrameStacker(agent.ckpt.frames, ep.obs.shape[1:])
+    for t in range(20):
+        x = stack.reset(ep.obs[0]) if t == 0 else stack.push(ep.obs[t])
+        assert agent.act(x) == ep.actions[t] == ep.extras["teacher_action"][t]
+    pong = load_config(
+        SMOKE,
+        [
+            f"run.dir={tmp_path}/pong",
+            "env.game=Pong",
+            "record.policy=checkpoint",
+            f"record.checkpoint={cfg.run.dir}",
+        ],
+    )
+    with pytest.raises(ConfigError, match="plays Breakout with 4 actions; env.game=Pong has 6"):
+        record(pong, show_progress=False)

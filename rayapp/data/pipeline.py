@@ -23,7 +23,14 @@ from rayapp.errors import RayappError
 from rayapp.replay.reader import ReplayDataset
 from rayapp.replay.schema import ActionControl
 
-__all__ = ["Ingest", "build_ingest", "balance_factors", "torch_batches", "configure_data_context"]
+__all__ = [
+    "Ingest",
+    "build_ingest",
+    "balance_factors",
+    "torch_batches",
+    "configure_data_context",
+    "train_data_config",
+]
 
 
 def balance_factors(counts: np.ndarray, power: float, cap: float) -> np.ndarray:
@@ -66,6 +73,18 @@ def configure_data_context() -> None:
     ctx.op_resource_reservation_enabled = False
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+
+
+def train_data_config(data_cfg: DataConfig):
+    """Ray Train's DataConfig for the ingest: the object store budget (`data.object_store_mb`)
+    caps the blocks in flight, so memory does not grow with the dataset."""
+    from ray.data import ExecutionOptions, ExecutionResources
+    from ray.train import DataConfig as TrainDataConfig
+
+    opts = ExecutionOptions()
+    if data_cfg.object_store_mb:
+        opts.resource_limits = ExecutionResources(object_store_memory=data_cfg.object_store_mb * 2**20)
+    return TrainDataConfig(datasets_to_split="all", execution_options=opts)
 
 
 @dataclass

@@ -7,7 +7,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from rayapp.data.preprocess import FrameSpec, Preprocessor
+from rayapp.data.preprocess import FrameSpec
+from rayapp.play.agent import FrameStacker
 
 __all__ = ["PixelStack"]
 
@@ -22,21 +23,15 @@ class PixelStack(gym.ObservationWrapper):
 
     def __init__(self, env: gym.Env, frames: FrameSpec):
         super().__init__(env)
-        self.pre = Preprocessor(frames, env.observation_space.shape)
-        c, h, w = self.pre.out_shape
-        self.k = frames.frame_stack
-        self._stack = np.zeros((self.k, c, h, w), np.uint8)
-        self.observation_space = gym.spaces.Box(0, 255, (c * self.k, h, w), np.uint8)
+        self.stacker = FrameStacker(frames, env.observation_space.shape)
+        self.observation_space = gym.spaces.Box(0, 255, self.stacker.shape, np.uint8)
         self.last_frame: np.ndarray | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
         self.last_frame = obs
-        self._stack[:] = self.pre.one(obs)
-        return self._stack.reshape(self.observation_space.shape).copy(), info
+        return self.stacker.reset(obs), info
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         self.last_frame = observation
-        self._stack[:-1] = self._stack[1:]
-        self._stack[-1] = self.pre.one(observation)
-        return self._stack.reshape(self.observation_space.shape).copy()
+        return self.stacker.push(observation)

@@ -156,11 +156,10 @@ def record(cfg: Config, show_progress: bool = True) -> RecordSummary:
     loc = resolve(cfg.data_uri)
     session = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(2)
     info = _describe(cfg)
-    info.recorded_by = {
-        "policy": r.policy,
-        "epsilon": r.epsilon if r.policy == "noisy_teacher" else 0.0,
-        "session": session,
-    }
+    noisy = r.policy == "noisy_teacher" or (r.policy == "checkpoint" and r.epsilon > 0)
+    info.recorded_by = {"policy": r.policy, "epsilon": r.epsilon if noisy else 0.0, "session": session}
+    if r.policy == "checkpoint":
+        info.recorded_by["checkpoint"] = r.checkpoint
     info = create_dataset(loc, info, append=r.append)  # storage problems surface here, before Ray starts
     save_resolved_config(cfg, "record")
     init_ray(cfg.ray)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ray.train import UserCallback
 
 from rayapp.config import Config, config_from_dict, config_to_dict
-from rayapp.data.pipeline import build_ingest, configure_data_context, torch_batches
+from rayapp.data.pipeline import build_ingest, configure_data_context, torch_batches, train_data_config
 from rayapp.data.preprocess import FrameSpec
 from rayapp.errors import RayappError, StageError
 from rayapp.models.checkpoint import load_policy, save_policy, unwrap, write_best
@@ -373,6 +373,7 @@ def pretrain(cfg: Config) -> PretrainResult:
             num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=resources
         ),
         datasets=datasets,
+        dataset_config=train_data_config(cfg.data),
         run_config=RunConfig(
             name="pretrain",
             storage_path=storage_path,

@@ -1,0 +1,86 @@
+"""A trained policy acting on frames: the piece evaluation, recording and the live player share."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rayapp.data.preprocess import FrameSpec, Preprocessor
+from rayapp.models.checkpoint import PolicyCheckpoint, load_policy
+
+__all__ = ["FrameStacker", "Agent"]
+
+
+class FrameStacker:
+    """Raw frames in, the network's stacked observation out: the ingest pipeline's preprocessing
+    and stacking (the stack starts filled with the episode's first frame)."""
+
+    def __init__(self, frames: FrameSpec, source_shape: tuple[int, ...]):
+        self.pre = Preprocessor(frames, source_shape)
+        c, h, w = self.pre.out_shape
+        self.k = frames.frame_stack
+        self.shape = (c * self.k, h, w)
+        self._stack = np.zeros((self.k, c, h, w), np.uint8)
+
+    def reset(self, frame: np.ndarray) -> np.ndarray:
+        self._stack[:] = self.pre.one(frame)
+        return self._stack.reshape(self.shape).copy()
+
+    def push(self, frame: np.ndarray) -> np.ndarray:
+        self._stack[:-1] = self._stack[1:]
+        self._stack[-1] = self.pre.one(frame)
+        return self._stack.reshape(self.shape).copy()
+
+
+class Agent:
+    """A checkpoint choosing actions from stacked observations: greedy (with optional epsilon) or
+    sampled from its softmax. A recurrent network keeps its state within an episode and starts
+    from zeros every `data.clip_length` steps, as it was trained."""
+
+    def __init__(
+        self,
+        checkpoint: str | PolicyCheckpoint,
+        mode: str = "greedy",
+        epsilon: float = 0.0,
+        seed: int = 0,
+        threads: int = 1,
+    ):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.ckpt = checkpoint if isinstance(checkpoint, PolicyCheckpoint) else load_policy(checkpoint)
+        self.model = self.ckpt.model()
+        self.mode, self.epsilon = mode, epsilon
+        self.rng = np.random.default_rng(seed)
+        self.clip = int(self.ckpt.config.get("data", {}).get("clip_length", 0) or 0)
+        self.state = None
+        self.t = 0
+
+    def load_state_dict(self, state: dict) -> None:
+        """Swap in new weights (the live player's hot reload)."""
+        self.model.load_state_dict(state)
+
+    def reset(self) -> None:
+        self.state, self.t = None, 0
+
+    def act(self, obs: np.ndarray) -> int | list[int]:
+        import torch
+
+        x = torch.from_numpy(obs)[None]
+        if self.ckpt.spec.recurrent:
+            if self.clip and self.t % self.clip == 0:
+                self.state = None
+            x = x[None]
+        with torch.no_grad():
+            outputs, self.state = self.model.step(x, self.state)
+        self.t += 1
+        acts = []
+        for out in outputs:
+            logits = out.reshape(-1)
+            if self.mode == "sampled":
+                p = torch.softmax(logits.double(), 0).numpy()
+                acts.append(int(self.rng.choice(len(p), p=p / p.sum())))
+            elif self.epsilon and self.rng.random() < self.epsilon:
+                acts.append(int(self.rng.integers(len(logits))))
+            else:
+                acts.append(int(logits.argmax()))
+        return acts[0] if len(acts) == 1 else acts
