@@ -70,6 +70,17 @@ def _pretrain(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("finetune")
+def _finetune(cfg: Config, args: argparse.Namespace) -> int:
+    from rayapp.rl.finetune import finetune
+
+    r = finetune(cfg)
+    for p in r.curve:
+        print(f"  {p['phase']:<8} env steps {p['env_steps']:>8,}  greedy score {p['mean']:7.2f} +- {p['std']:.2f}")
+    print(f"best policy {r.policy}; final policy {r.final_policy}")
+    return 0
+
+
 @command("evaluate")
 def _evaluate(cfg: Config, args: argparse.Namespace) -> int:
     from rayapp.evaluate import evaluate
@@ -130,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="behaviour cloning on Ray Train from data.uri into run.dir/pretrain",
     )
+
+    sub.add_parser("finetune", parents=[common], help="RLlib DQN from the BC network: offline on data.uri, then online")
 
     ev = sub.add_parser(
         "evaluate", parents=[common], help="play the game with a checkpoint against the teacher and random"

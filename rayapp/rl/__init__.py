@@ -1,0 +1,3 @@
+"""RLlib: DQN fine-tuning of the BC network (DQfD), its env, module, learner and offline data."""
+
+__all__ = ["algorithm", "env", "finetune", "learner", "module", "offline"]

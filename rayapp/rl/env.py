@@ -1,0 +1,66 @@
+"""The env RLlib's env runners create: the game, with exactly the frames the networks see.
+
+Registered as `rayapp-pixels`. `env_config` carries everything a remote env runner needs to build
+it alone: the `env` config section, the frame spec, reward clipping. Game PCs extend this with
+their own keys (host, port, monitor) for the screen backends; only the ALE backend exists so far.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from rayapp.config import EnvConfig
+from rayapp.data.preprocess import FrameSpec
+from rayapp.envs.atari import make_atari_env
+from rayapp.envs.wrappers import PixelStack
+from rayapp.errors import ConfigError
+
+__all__ = ["ENV_NAME", "ClipReward", "ScoreInfo", "make_pixel_env", "register", "env_config"]
+
+ENV_NAME = "rayapp-pixels"
+
+
+class ScoreInfo(gym.Wrapper):
+    """Puts the episode's raw score into the last step's info (`episode_score`), before any
+    reward clipping, so training curves show game scores."""
+
+    def reset(self, **kwargs):
+        self._score = 0.0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._score += float(reward)
+        if terminated or truncated:
+            info = dict(info, episode_score=self._score)
+        return obs, reward, terminated, truncated, info
+
+
+class ClipReward(gym.RewardWrapper):
+    """Rewards to their sign (-1, 0, 1), as DQN on Atari does."""
+
+    def reward(self, reward):
+        return float(np.sign(reward))
+
+
+def env_config(env: EnvConfig, frames: FrameSpec, clip_rewards: bool, backend: str = "atari") -> dict[str, Any]:
+    import dataclasses
+
+    return {"backend": backend, "env": dataclasses.asdict(env), "frames": frames.to_json(), "clip_rewards": clip_rewards}
+
+
+def make_pixel_env(config: dict[str, Any]) -> gym.Env:
+    backend = config.get("backend", "atari")
+    if backend != "atari":
+        raise ConfigError(f"env backend {backend!r} is not available in this version (atari)")
+    env = ScoreInfo(PixelStack(make_atari_env(EnvConfig(**config["env"])), FrameSpec.from_json(config["frames"])))
+    return ClipReward(env) if config.get("clip_rewards") else env
+
+
+def register() -> None:
+    from ray.tune.registry import register_env
+
+    register_env(ENV_NAME, lambda cfg: make_pixel_env(dict(cfg)))

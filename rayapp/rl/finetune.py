@@ -1,0 +1,367 @@
+"""`rayapp finetune`: RLlib DQN that starts from the BC network, learns offline from the recorded
+transitions, then online (DQfD recipe: TD + large-margin loss, demonstrations kept for the run).
+
+    rayapp finetune --config configs/quickstart.yaml          # after `rayapp pretrain`
+    rayapp finetune --config configs/smoke.yaml --set finetune.online_steps=2000
+
+Writes to `<run.dir>/finetune/`: `metrics.csv` and `tensorboard/` (episode score, greedy eval
+score, TD loss, margin loss, Q-values, epsilon, env steps/s, learner updates/s), `rllib/` (the
+algorithm's checkpoint: rerunning resumes from it), `policies/<step>/` (exported policies that
+`rayapp evaluate` and the player load) and `best.json` (the best greedy evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rayapp.config import Config, config_to_dict
+from rayapp.data.preprocess import FrameSpec
+from rayapp.errors import RayappError
+from rayapp.models.checkpoint import PolicyCheckpoint, load_policy, save_policy, write_best
+from rayapp.models.nets import ModelSpec, build_model
+from rayapp.progress import Progress
+from rayapp.runs import save_resolved_config
+from rayapp.runtime import init_ray
+from rayapp.storage import exists, resolve
+
+__all__ = ["FinetuneResult", "finetune", "build_algorithm", "export_policy", "evaluate_greedy", "init_policy"]
+
+
+@dataclass
+class FinetuneResult:
+    policy: str  # the best exported policy (by greedy evaluation)
+    final_policy: str
+    curve: list[dict[str, Any]] = field(default_factory=list)  # env_steps, phase, mean, std, scores
+    history: list[dict[str, Any]] = field(default_factory=list)
+    demo: dict[str, Any] = field(default_factory=dict)
+
+
+def init_policy(cfg: Config) -> PolicyCheckpoint | None:
+    """The BC policy fine-tuning starts from (None: DQN from scratch)."""
+    src = cfg.finetune.init_checkpoint
+    if src.lower() == "none":
+        return None
+    from rayapp.models.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(src or cfg.run.dir, stages=("pretrain",))
+    pol = load_policy(path)
+    if pol.spec.recurrent or len(pol.spec.controls) != 1:
+        raise RayappError(f"{path}: DQN fine-tuning needs a feed-forward network with one discrete head, got {pol.spec.describe()}")
+    return pol
+
+
+class _ScoreCallback:
+    """Env-runner callback: the raw (unclipped) score of every finished episode."""
+
+    @staticmethod
+    def on_episode_end(*, episode, metrics_logger=None, **kwargs) -> None:
+        info = episode.get_infos(-1) or {}
+        if metrics_logger is not None and "episode_score" in info:
+            metrics_logger.log_value("episode_score", float(info["episode_score"]), window=20)
+
+
+def build_algorithm(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None = None):
+    """The DQfD algorithm with rayapp's Q-module, env, learner and the config's settings."""
+    from ray.rllib.algorithms.dqn import DQNConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from rayapp.rl.algorithm import DQfD
+    from rayapp.rl.env import ENV_NAME, env_config, register
+    from rayapp.rl.learner import DQfDTorchLearner
+    from rayapp.rl.module import PixelQModule
+
+    f = cfg.finetune
+    register()
+    if f.epsilon_steps > 0:
+        epsilon: Any = [[0, f.epsilon_start], [f.epsilon_steps, f.epsilon]]
+    else:
+        epsilon = f.epsilon
+    config = (
+        DQNConfig(algo_class=DQfD)
+        .environment(ENV_NAME, env_config=env_config(cfg.env, frames, f.clip_rewards))
+        .framework("torch", torch_skip_nan_gradients=True)  # finiteness is checked once per update in the learner
+        .env_runners(
+            num_env_runners=f.num_env_runners,
+            num_envs_per_env_runner=f.envs_per_env_runner,
+            rollout_fragment_length=f.rollout_fragment_length,
+            num_cpus_per_env_runner=f.cpus_per_env_runner,
+        )
+        .learners(
+            num_learners=0,
+            num_gpus_per_learner=1 if f.use_gpu else 0,
+            learner_class=DQfDTorchLearner,
+            learner_config_dict={
+                "margin_weight": f.margin_weight,
+                "margin": f.margin,
+                "margin_only": f.margin_only,
+                "demo_ratio": f.demo_ratio,
+                "updates_per_env_step": f.updates_per_env_step,
+                "demo_priority_bonus": f.demo_priority_bonus,
+            },
+        )
+        .training(
+            lr=f.lr,
+            gamma=f.gamma,
+            n_step=f.n_step,
+            train_batch_size_per_learner=f.batch_size,
+            double_q=True,
+            dueling=False,
+            num_atoms=1,
+            epsilon=epsilon,
+            grad_clip=10.0,
+            td_error_loss_fn="huber",
+            target_network_update_freq=f.target_update_steps,
+            num_steps_sampled_before_learning_starts=f.learning_starts,
+            replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer", "capacity": f.buffer_size, "alpha": f.priority_alpha, "beta": f.priority_beta},
+        )
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=PixelQModule), model_config={"spec": spec.to_json()})
+        .reporting(min_sample_timesteps_per_iteration=f.steps_per_iteration)
+        .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=100, delay_between_env_runner_restarts_s=1.0)
+        .callbacks(on_episode_end=_ScoreCallback.on_episode_end)
+        .debugging(seed=cfg.run.seed if seed is None else seed, log_level="ERROR")
+    )
+    return config.build_algo()
+
+
+def module_state(algo) -> dict[str, np.ndarray]:
+    """The learner's Q-network weights as a PolicyNetwork state dict."""
+    weights = algo.learner_group.get_weights()["default_policy"]
+    return {k[len("net.") :]: v for k, v in weights.items() if k.startswith("net.")}
+
+
+def load_into(algo, state: dict[str, Any]) -> None:
+    """Put PolicyNetwork weights into the Q-network and the target network, and the env runners."""
+    weights = algo.learner_group.get_weights()
+    mod = weights["default_policy"]
+    for k, v in state.items():
+        v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+        for prefix in ("net.", "_target_net."):
+            if prefix + k not in mod:
+                raise RayappError(f"weight {k} of the BC network has no place in the Q-module")
+            if mod[prefix + k].shape != v.shape:
+                raise RayappError(f"weight {k}: shape {v.shape} vs {mod[prefix + k].shape} in the Q-module")
+            mod[prefix + k] = v
+    algo.learner_group.set_weights(weights)
+    algo.sync_env_runners()
+
+
+def export_policy(algo, folder: str, spec: ModelSpec, frames: FrameSpec, game: dict, cfg: Config, meta: dict) -> str:
+    import torch
+
+    net = build_model(spec)
+    net.load_state_dict({k: torch.as_tensor(v) for k, v in module_state(algo).items()})
+    save_policy(folder, net, spec, frames, game, config_to_dict(cfg), meta)
+    return resolve(folder).uri
+
+
+def evaluate_greedy(policy: str, frames: FrameSpec, cfg: Config, episodes: int, seeds_from: int = 17) -> list[float]:
+    """Greedy scores (raw, unclipped) of an exported policy, episodes played in Ray tasks."""
+    import dataclasses
+
+    import ray
+
+    from rayapp.evaluate import play_episodes
+
+    env_cfg = dict(dataclasses.asdict(cfg.env), max_episode_steps=cfg.eval.max_episode_steps)
+    seeds = [cfg.run.seed * 1000 + seeds_from + i for i in range(episodes)]
+    chunks = max(1, min(episodes, cfg.eval.workers))
+    remote = ray.remote(num_cpus=cfg.eval.cpus_per_worker)(play_episodes)
+    refs = [remote.remote("policy", "greedy", seeds[c::chunks], env_cfg, policy, frames.to_json(), cfg.eval.epsilon, 0) for c in range(chunks)]
+    return [e["score"] for part in ray.get(refs) for e in part]
+
+
+def _value(result: dict, *path: str, default: Any = None) -> Any:
+    for p in path:
+        if not isinstance(result, dict) or p not in result:
+            return default
+        result = result[p]
+    return result
+
+
+def finetune(cfg: Config) -> FinetuneResult:
+    from rayapp.envs.atari import action_controls, game_name, make_atari_env
+    from rayapp.rl.algorithm import DQfD
+    from rayapp.rl.offline import DemoStats, demo_episodes
+    from rayapp.train.bc import check_compatible
+    from rayapp.train.metrics import MetricsLogger
+
+    f = cfg.finetune
+    folder = resolve(cfg.run.dir).join("finetune")
+    pol = init_policy(cfg)
+    probe = make_atari_env(cfg.env)
+    controls = action_controls(probe)
+    obs_shape = probe.observation_space.shape
+    probe.close()
+    if len(controls) != 1:
+        raise RayappError("DQN fine-tuning needs one discrete control")
+    if pol is not None:
+        frames, spec = pol.frames, pol.spec
+        env_spec = ModelSpec(frames.input_shape(obs_shape), ((controls[0].name, controls[0].n),), spec.arch, spec.hidden, spec.lstm_hidden)
+        check_compatible(env_spec, game_name(cfg.env.game), spec, pol.game.get("game", "?"), f"the BC checkpoint {pol.path}", f"env.game={cfg.env.game}")
+    else:
+        frames = FrameSpec.from_config(cfg.data)
+        spec = ModelSpec(frames.input_shape(obs_shape), ((controls[0].name, controls[0].n),), "cnn", cfg.model.hidden)
+    game = {"game": game_name(cfg.env.game), "env_id": cfg.env.game, "obs_shape": list(obs_shape), "actions": [list(controls[0].labels)], "frame_rate": 60.0 / cfg.env.frameskip}
+    use_demos = f.offline_updates > 0 or f.demo_ratio > 0 or f.margin_only
+    demo_stats = DemoStats()
+    demos = []
+    if use_demos:  # dataset problems surface before Ray work starts
+        from rayapp.replay.reader import ReplayDataset
+
+        info = ReplayDataset(cfg.data_uri).info
+        data_spec = ModelSpec(frames.input_shape(tuple(info.observation.shape)), tuple((c.name, c.n) for c in info.actions), spec.arch, spec.hidden, spec.lstm_hidden)
+        check_compatible(data_spec, info.game, spec, game["game"], "the fine-tuned network", cfg.data_uri)
+        d = cfg.data
+        demos = list(demo_episodes(cfg.data_uri, frames, "train", f.clip_rewards, d.split_seed, d.val_fraction, d.test_fraction, d.max_corrupt_shards, stats=demo_stats))
+        if not demos:
+            raise RayappError(f"no training episodes in {cfg.data_uri} to learn from")
+        if demo_stats.nonzero_rewards == 0 and not f.margin_only:
+            raise RayappError(
+                f"offline data at {cfg.data_uri} has no rewards (all {demo_stats.transitions:,} steps are 0): TD learning needs them; "
+                "set finetune.margin_only=true to train on the margin loss alone, or record with a reward source"
+            )
+    save_resolved_config(cfg, "finetune")
+    init_ray(cfg.ray)
+    algo = build_algorithm(cfg, spec, frames)
+    rllib_dir = folder.join("rllib")
+    resumed = False
+    if exists(rllib_dir.join("algorithm_state.pkl")) or exists(rllib_dir.join("rllib_checkpoint.json")):
+        algo.restore_from_path(rllib_dir.uri if not rllib_dir.is_local else rllib_dir.path)
+        algo.sync_env_runners()
+        resumed = True
+    elif pol is not None:
+        load_into(algo, pol.state_dict)
+    if demos:
+        algo.add_demos(demos)
+    logger = MetricsLogger(folder.uri)
+    result = FinetuneResult("", "", demo={"episodes": demo_stats.episodes, "transitions": demo_stats.transitions, "score_mean": float(np.mean(demo_stats.score)) if demo_stats.score else None})
+    curve_file = folder.join("curve.json")
+    if resumed and exists(curve_file):
+        from rayapp.storage import read_bytes
+
+        result.curve = json.loads(read_bytes(curve_file))
+    best = {"mean": -np.inf, "policy": ""}
+    for point in result.curve:
+        if point["mean"] > best["mean"]:
+            best = {"mean": point["mean"], "policy": point["policy"]}
+
+    def evaluate_point(env_steps: int, phase: str) -> dict[str, Any]:
+        path = export_policy(algo, folder.join("policies", f"{phase}-{env_steps:08d}").uri, spec, frames, game, cfg,
+                             {"stage": "finetune", "phase": phase, "env_steps": env_steps, "updates": algo.updates})  # fmt: skip
+        scores = evaluate_greedy(path, frames, cfg, f.eval_episodes) if f.eval_episodes else []
+        point = {"env_steps": env_steps, "phase": phase, "updates": algo.updates, "mean": float(np.mean(scores)) if scores else float("nan"),
+                 "std": float(np.std(scores)) if scores else float("nan"), "scores": scores, "policy": path}  # fmt: skip
+        result.curve.append(point)
+        from rayapp.storage import write_bytes_atomic
+
+        write_bytes_atomic(curve_file, (json.dumps(result.curve, indent=1) + "\n").encode())
+        logger.log(env_steps, {"charts/eval_score": point["mean"], "charts/eval_score_std": point["std"], "phase": phase})
+        if scores and point["mean"] > best["mean"]:
+            best.update(mean=point["mean"], policy=path)
+            write_best(cfg.run.dir, "finetune", path, {"eval_score": point["mean"], "env_steps": env_steps, "phase": phase})
+        print(f"finetune [{phase}] env steps {env_steps:,}: greedy score {point['mean']:.1f} +- {point['std']:.1f} over {len(scores)} episodes", flush=True)
+        return point
+
+    from ray.rllib.utils.metrics import LEARNER_RESULTS
+
+    def learner(key: str) -> float:
+        v = algo.metrics.peek((LEARNER_RESULTS, "default_policy", key), default=float("nan"))
+        return float(v) if v is not None else float("nan")
+
+    try:
+        # ---- offline phase -------------------------------------------------------------------------
+        if not resumed and pol is not None and f.eval_episodes:
+            evaluate_point(0, "bc")
+        todo = max(0, f.offline_updates - algo.updates)
+        if todo > 0:
+            if not demos:
+                raise RayappError("the offline phase needs demonstrations")
+            bar = Progress(todo, "finetune offline", unit="updates", log_every=15)
+            t0 = time.perf_counter()
+            for i in range(1, todo + 1):
+                algo.offline_update()
+                if i % 100 == 0 or i == todo:
+                    row = {"phase": "offline", "losses/td_loss": learner("qf_loss"), "losses/margin_loss": learner("margin_loss"),
+                           "q/mean": learner("qf_mean"), "perf/learner_updates_per_s": i / (time.perf_counter() - t0), "updates": algo.updates}  # fmt: skip
+                    logger.log(i - todo, row)  # offline rows precede env step 0 on the x-axis
+                    result.history.append(row)
+                    bar.update(i - bar.n, td=f"{row['losses/td_loss']:.4f}", margin=f"{row['losses/margin_loss']:.3f}")
+            bar.close()
+            algo.sync_env_runners()
+            if f.eval_episodes:
+                evaluate_point(0, "offline")
+        # ---- online phase --------------------------------------------------------------------------
+        from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+        steps = int(algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0) or 0)
+        next_eval = (steps // f.eval_every_steps + 1) * f.eval_every_steps if f.eval_every_steps else None
+        next_ckpt = (steps // f.checkpoint_every_steps + 1) * f.checkpoint_every_steps if f.checkpoint_every_steps else None
+        bar = Progress(f.online_steps, "finetune online", unit="steps", log_every=15) if f.online_steps > steps else None
+        t_last, s_last, u_last = time.perf_counter(), steps, algo.updates
+        while steps < f.online_steps:
+            out = algo.train()
+            new_steps = int(_value(out, "env_runners", "num_env_steps_sampled_lifetime", default=steps))
+            now = time.perf_counter()
+            row = {
+                "phase": "online",
+                "charts/episode_score": _value(out, "env_runners", "episode_score"),
+                "charts/episode_return": _value(out, "env_runners", "episode_return_mean"),
+                "charts/epsilon": _epsilon(f, new_steps),
+                "losses/td_loss": _value(out, "learners", "default_policy", "qf_loss", default=float("nan")),
+                "losses/margin_loss": _value(out, "learners", "default_policy", "margin_loss", default=float("nan")),
+                "q/mean": _value(out, "learners", "default_policy", "qf_mean", default=float("nan")),
+                "batch/demo_fraction": _value(out, "learners", "default_policy", "demo_fraction", default=float("nan")),
+                "perf/env_steps_per_s": (new_steps - s_last) / (now - t_last),
+                "perf/learner_updates_per_s": (algo.updates - u_last) / (now - t_last),
+                "fault/env_runner_restarts": _value(out, "fault_tolerance", "num_remote_worker_restarts", default=0),
+                "updates": algo.updates,
+            }
+            t_last, s_last, u_last = now, new_steps, algo.updates
+            logger.log(new_steps, row)
+            result.history.append({"env_steps": new_steps, **row})
+            if bar:
+                score = row["charts/episode_score"]
+                bar.update(new_steps - steps, score=f"{score:.1f}" if isinstance(score, float) else "-", steps_per_s=f"{row['perf/env_steps_per_s']:.0f}")
+            steps = new_steps
+            if next_ckpt is not None and steps >= next_ckpt:
+                algo.save_to_path(rllib_dir.path if rllib_dir.is_local else rllib_dir.uri)
+                next_ckpt += f.checkpoint_every_steps
+            if next_eval is not None and steps >= next_eval and steps < f.online_steps:
+                evaluate_point(steps, "online")
+                next_eval += f.eval_every_steps
+        if bar:
+            bar.close()
+        if f.online_steps:
+            algo.save_to_path(rllib_dir.path if rllib_dir.is_local else rllib_dir.uri)
+        final = evaluate_point(steps, "final") if (f.online_steps or f.offline_updates) else result.curve[-1]
+        result.final_policy = final["policy"]
+        if not f.eval_episodes:
+            write_best(cfg.run.dir, "finetune", final["policy"], {"env_steps": steps, "phase": "final"})
+        result.policy = best["policy"] or final["policy"]
+    finally:
+        logger.close()
+        algo.stop()
+    return result
+
+
+def _epsilon(f, steps: int) -> float:
+    if f.epsilon_steps <= 0:
+        return f.epsilon
+    frac = min(1.0, steps / f.epsilon_steps)
+    return f.epsilon_start + frac * (f.epsilon - f.epsilon_start)
+
+
+def read_curve(run_dir: str) -> list[dict[str, Any]]:
+    from rayapp.storage import read_bytes
+
+    loc = resolve(run_dir).join("finetune", "curve.json")
+    return json.loads(read_bytes(loc)) if exists(loc) else []
+
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

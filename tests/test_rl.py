@@ -1,0 +1,211 @@
+"""DQN fine-tuning on a shared local Ray: the BC network inside RLlib, the offline phase, the
+demo/online mix, checkpoints, env-runner faults, bad inputs. Tiny real runs on real Breakout."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from rayapp.errors import RayappError
+from rayapp.replay.record import record
+from rayapp.rl.finetune import build_algorithm, finetune, init_policy, load_into, module_state
+from rayapp.rl.offline import demo_episodes
+from rayapp.train.bc import pretrain
+
+from conftest import SMOKE
+
+
+@pytest.fixture(scope="module")
+def bc_run(ray_session, tmp_path_factory):
+    """Six smoke episodes by the teacher and one epoch of BC on them."""
+    from rayapp.config import load_config
+
+    run = tmp_path_factory.mktemp("rl") / "run"
+    cfg = load_config(SMOKE, [f"run.dir={run}", "record.episodes=6", "pretrain.epochs=1", "pretrain.num_workers=1"])
+    record(cfg, show_progress=False)
+    pretrain(cfg)
+    return str(run)
+
+
+def cfg_for(run, *overrides):
+    from rayapp.config import load_config
+
+    return load_config(SMOKE, [f"run.dir={run}", "finetune.num_env_runners=0", "finetune.eval_episodes=0", *overrides])
+
+
+def test_q_module_starts_as_the_bc_network(bc_run):
+    cfg = cfg_for(bc_run)
+    pol = init_policy(cfg)
+    algo = build_algorithm(cfg, pol.spec, pol.frames)
+    try:
+        load_into(algo, pol.state_dict)
+        frames = np.stack([e.observations[0] for e in list(demo_episodes(cfg.data_uri, pol.frames))[:1]] * 3)
+        x = torch.from_numpy(np.stack([ep for ep in frames]))
+        bc = pol.model()
+        learner_mod = algo.learner_group._learner.module["default_policy"]
+        from ray.rllib.core.columns import Columns
+
+        with torch.no_grad():
+            want = bc(x)[0]
+            assert torch.allclose(learner_mod.compute_q_values({Columns.OBS: x})["qf_preds"], want)
+            assert torch.allclose(learner_mod.forward_target({Columns.OBS: x})["qf_preds"], want)  # target net too
+            runner_mod = algo.env_runner_group.local_env_runner.module
+            assert torch.allclose(runner_mod.compute_q_values({Columns.OBS: x})["qf_preds"], want)
+        assert all(np.array_equal(module_state(algo)[k], v.numpy()) for k, v in pol.state_dict.items())
+    finally:
+        algo.stop()
+
+
+def test_offline_phase_learns_from_demonstrations(bc_run):
+    """From scratch, a few hundred offline updates on ~600 transitions lower the TD loss (against a
+    target network held fixed, so the targets stand still) and make the greedy action agree with the
+    demonstrations far more than the majority class would."""
+    cfg = cfg_for(bc_run, "finetune.init_checkpoint=none", "finetune.lr=1e-3", "finetune.target_update_steps=100000000")
+    pol = init_policy(cfg)
+    assert pol is None
+    from rayapp.data.preprocess import FrameSpec
+
+    frames = FrameSpec.from_config(cfg.data)
+    from rayapp.models import ModelSpec
+
+    algo = build_algorithm(cfg, ModelSpec(frames.input_shape((210, 160, 3)), (("action", 4),)), frames)
+    try:
+        demos = list(demo_episodes(cfg.data_uri, frames))
+        n = algo.add_demos(demos)
+        assert 300 < n < 1200
+        obs = torch.from_numpy(np.concatenate([np.stack(e.get_observations()[:-1]) for e in demos]))
+        acts = np.concatenate([np.asarray(e.get_actions()) for e in demos])
+        net = algo.learner_group._learner.module["default_policy"].net
+
+        def agreement():
+            """Mean recall over the demonstrated actions: a network that always answers the
+            majority action (NOOP) scores 1/4, the chance level."""
+            with torch.no_grad():
+                pred = net(obs)[0].argmax(1).numpy()
+            return float(np.mean([(pred[acts == a] == a).mean() for a in np.unique(acts)]))
+
+        before = agreement()
+        losses = []
+        for _ in range(600):
+            res = algo.offline_update()
+            losses.append(float(res[0]["default_policy"]["qf_loss"].peek()))
+        assert np.mean(losses[-30:]) < np.mean(losses[:30])
+        chance = 1 / len(np.unique(acts))
+        print(f"balanced agreement before {before:.3f} after {agreement():.3f} chance {chance:.3f}")
+        assert agreement() > max(before, chance) + 0.1, (before, agreement())
+        assert algo.updates == 600
+    finally:
+        algo.stop()
+
+
+def test_batches_mix_demonstrations_and_online_steps_as_configured(bc_run):
+    cfg = cfg_for(bc_run, "finetune.demo_ratio=0.25", "finetune.learning_starts=64", "finetune.updates_per_env_step=0.25")
+    pol = init_policy(cfg)
+    algo = build_algorithm(cfg, pol.spec, pol.frames)
+    try:
+        load_into(algo, pol.state_dict)
+        algo.add_demos(list(demo_episodes(cfg.data_uri, pol.frames)))
+        seen = []
+        for _ in range(4):
+            out = algo.train()
+            frac = out.get("learners", {}).get("default_policy", {}).get("demo_fraction")
+            if frac is not None:
+                seen.append(float(frac))
+        assert seen and seen[-1] == pytest.approx(8 / 32)  # 25% of a 32-row batch
+    finally:
+        algo.stop()
+
+
+def test_finetune_end_to_end_and_resume_from_the_same_step(bc_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(bc_run, run)
+    cfg = cfg_for(run, "finetune.offline_updates=40", "finetune.online_steps=500", "finetune.learning_starts=100",
+                  "finetune.eval_episodes=1", "finetune.eval_every_steps=250", "finetune.checkpoint_every_steps=250",
+                  "eval.max_episode_steps=100")  # fmt: skip
+    r = finetune(cfg)
+    phases = [p["phase"] for p in r.curve]
+    assert phases[:2] == ["bc", "offline"] and phases[-1] == "final"
+    assert os.path.exists(os.path.join(r.policy, "model.pt")) and os.path.exists(run / "finetune" / "best.json")
+    rows = open(run / "finetune" / "metrics.csv").read()
+    for key in ("losses/td_loss", "losses/margin_loss", "q/mean", "charts/epsilon", "perf/env_steps_per_s", "perf/learner_updates_per_s", "charts/eval_score"):
+        assert key in rows
+    from rayapp.models import load_policy, resolve_checkpoint
+
+    assert resolve_checkpoint(str(run)) == r.policy  # evaluate --checkpoint <run> finds the fine-tuned policy
+    assert load_policy(r.final_policy).meta["phase"] == "final"
+    steps_before = r.curve[-1]["env_steps"]
+    # restore the RLlib checkpoint and continue: the step count carries on from where it stopped
+    from rayapp.rl.algorithm import DQfD
+
+    algo = build_algorithm(cfg, init_policy(cfg).spec, init_policy(cfg).frames)
+    try:
+        algo.restore_from_path(str(run / "finetune" / "rllib"))
+        from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+        restored = algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+        assert restored == steps_before and algo.updates > 40
+        out = algo.train()
+        assert out["env_runners"]["num_env_steps_sampled_lifetime"] > steps_before
+        assert isinstance(algo, DQfD)
+    finally:
+        algo.stop()
+
+
+def test_training_continues_when_an_env_runner_is_killed(bc_run):
+    cfg = cfg_for(bc_run, "finetune.num_env_runners=1", "finetune.cpus_per_env_runner=0.5", "finetune.learning_starts=64")
+    pol = init_policy(cfg)
+    algo = build_algorithm(cfg, pol.spec, pol.frames)
+    try:
+        load_into(algo, pol.state_dict)
+        algo.add_demos(list(demo_episodes(cfg.data_uri, pol.frames)))
+        algo.train()
+        (pid,) = algo.env_runner_group.foreach_env_runner(lambda er: os.getpid(), local_env_runner=False)
+        os.kill(pid, signal.SIGKILL)
+        restarts, steps = 0, []
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            out = algo.train()  # must not raise
+            steps.append(out["env_runners"].get("num_env_steps_sampled_lifetime", 0))
+            restarts = out.get("fault_tolerance", {}).get("num_remote_worker_restarts", 0)
+            if restarts and len(steps) > 2 and steps[-1] > steps[-2]:
+                break
+        assert restarts >= 1, "the env runner was not restarted"
+        new_pids = algo.env_runner_group.foreach_env_runner(lambda er: os.getpid(), local_env_runner=False)
+        assert new_pids and pid not in new_pids
+        assert steps[-1] > steps[0], "sampling goes on after the restart"
+    finally:
+        algo.stop()
+
+
+def test_mismatched_bc_checkpoint_is_named(bc_run):
+    cfg = cfg_for(bc_run, "env.game=Pong", f"finetune.init_checkpoint={bc_run}")
+    with pytest.raises(RayappError) as e:
+        finetune(cfg)
+    msg = str(e.value)
+    assert "BC checkpoint" in msg and "actions [('action', 4)] vs [('action', 6)]" in msg and "game Breakout vs Pong" in msg
+
+
+def test_offline_data_without_rewards(bc_run, tmp_path):
+    """Imitation-only data (rewards all 0): refused with a clear message, or margin-loss only."""
+    import shutil
+
+    import pyarrow as pa
+
+    run = tmp_path / "run"
+    shutil.copytree(bc_run, run)
+    for name in os.listdir(run / "replays" / "shards"):
+        path = run / "replays" / "shards" / name
+        t = pq.read_table(path)
+        t = t.set_column(t.schema.get_field_index("reward"), t.schema.field("reward"), pa.array(np.zeros(t.num_rows, np.float32)))
+        pq.write_table(t, path, compression="zstd")
+    cfg = cfg_for(run, "finetune.offline_updates=20", "finetune.online_steps=0")
+    with pytest.raises(RayappError, match="has no rewards .*finetune.margin_only=true"):
+        finetune(cfg)
+    r = finetune(cfg_for(run, "finetune.offline_updates=20", "finetune.online_steps=0", "finetune.margin_only=true"))
+    assert r.final_policy and r.history and all(np.isfinite(h["losses/margin_loss"]) for h in r.history)
