@@ -76,7 +76,9 @@ def _finetune(cfg: Config, args: argparse.Namespace) -> int:
 
     r = finetune(cfg)
     for p in r.curve:
-        print(f"  {p['phase']:<8} env steps {p['env_steps']:>8,}  greedy score {p['mean']:7.2f} +- {p['std']:.2f}")
+        print(
+            f"  {p['phase']:<8} env steps {p['env_steps']:>8,}  greedy score {p['mean']:7.2f} +- {p['std']:.2f}"
+        )
     print(f"best policy {r.policy}; final policy {r.final_policy}")
     return 0
 
@@ -142,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="behaviour cloning on Ray Train from data.uri into run.dir/pretrain",
     )
 
-    sub.add_parser("finetune", parents=[common], help="RLlib DQN from the BC network: offline on data.uri, then online")
+    sub.add_parser(
+        "finetune", parents=[common], help="RLlib DQN from the BC network: offline on data.uri, then online"
+    )
 
     ev = sub.add_parser(
         "evaluate", parents=[common], help="play the game with a checkpoint against the teacher and random"

@@ -174,7 +174,10 @@ class ModelConfig:
 @dataclass
 class PretrainConfig:
     epochs: int = opt(10, "passes over the training split")
-    batch_size: int = opt(128, "samples per gradient step per worker (clips in clip mode); 128 is the fastest per CPU thread here")
+    batch_size: int = opt(
+        128,
+        "samples per gradient step per worker (clips in clip mode); 128 is the fastest per CPU thread here",
+    )
     lr: float = opt(5e-4, "Adam learning rate")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     grad_clip: float = opt(10.0, "clip the gradient norm (0: off)")
@@ -198,9 +201,12 @@ class PretrainConfig:
 @dataclass
 class FinetuneConfig:
     init_checkpoint: str = opt(
-        "", "the BC policy to start from: a checkpoint or run folder; empty: <run.dir> (its pretrain); 'none': DQN from scratch"
+        "",
+        "the BC policy to start from: a checkpoint or run folder; empty: <run.dir> (its pretrain); 'none': DQN from scratch",
     )
-    offline_updates: int = opt(2000, "learner updates on the demonstrations alone before touching the game (0: skip)")
+    offline_updates: int = opt(
+        2000, "learner updates on the demonstrations alone before touching the game (0: skip)"
+    )
     online_steps: int = opt(50000, "env steps of the online phase (0: offline only)")
     demo_ratio: float = opt(0.5, "share of every online batch drawn from the demonstrations (RLPD's 50/50)")
     margin_weight: float = opt(1.0, "weight of DQfD's large-margin loss on demonstration rows (0: off)")
@@ -211,23 +217,43 @@ class FinetuneConfig:
     gamma: float = opt(0.99, "discount per step")
     n_step: int = opt(3, "n-step returns")
     batch_size: int = opt(32, "transitions per learner update")
-    updates_per_env_step: float = opt(0.25, "learner updates per env step online (0.25: one batch per 4 steps, Nature DQN)")
-    target_update_steps: int = opt(2000, "env steps between target-network syncs (offline, an update counts 1/updates_per_env_step)")
+    updates_per_env_step: float = opt(
+        0.25, "learner updates per env step online (0.25: one batch per 4 steps, Nature DQN)"
+    )
+    target_update_steps: int = opt(
+        2000, "env steps between target-network syncs (offline, an update counts 1/updates_per_env_step)"
+    )
     epsilon: float = opt(0.01, "exploration of the fine-tuned policy (it is competent from the start)")
-    epsilon_start: float = opt(1.0, "from scratch: epsilon decays from this to `epsilon` over `epsilon_steps`")
+    epsilon_start: float = opt(
+        1.0, "from scratch: epsilon decays from this to `epsilon` over `epsilon_steps`"
+    )
     epsilon_steps: int = opt(0, "env steps of the decay (0: constant `epsilon`)")
-    buffer_size: int = opt(50000, "online replay buffer, env steps (demonstrations have their own, never evicted)")
-    learning_starts: int = opt(1000, "online steps in the buffer before online rows are sampled (demonstrations fill in before)")
+    buffer_size: int = opt(
+        50000, "online replay buffer, env steps (demonstrations have their own, never evicted)"
+    )
+    learning_starts: int = opt(
+        1000, "online steps in the buffer before online rows are sampled (demonstrations fill in before)"
+    )
     priority_alpha: float = opt(0.6, "prioritized replay exponent")
     priority_beta: float = opt(0.4, "importance-sampling exponent")
     demo_priority_bonus: float = opt(1.0, "added to demonstration priorities (DQfD's epsilon_d)")
     num_env_runners: int = opt(1, "remote env runners (game processes; on game PCs, one per PC)")
-    envs_per_env_runner: int = opt(4, "vectorised envs per env runner")
+    envs_per_env_runner: int = opt(
+        16, "vectorised envs per env runner (batched inference: 16 amortise RLlib's per-call cost)"
+    )
     cpus_per_env_runner: float = opt(1.0, "CPUs per env runner")
-    rollout_fragment_length: int = opt(4, "steps per env per sample call")
-    steps_per_iteration: int = opt(1000, "env steps per algorithm iteration (one metrics row, at least one sample call)")
+    rollout_fragment_length: int = opt(8, "steps per env per sample call")
+    steps_per_iteration: int = opt(
+        1000, "env steps per algorithm iteration (one metrics row, at least one sample call)"
+    )
     use_gpu: bool = opt(False, "learner on a GPU")
-    eval_every_steps: int = opt(10000, "greedy evaluation every this many online env steps (and before the first)")
+    deterministic: bool = opt(
+        False,
+        "torch's deterministic kernels in learner and env runners (slower on CPU: about 2x when acting)",
+    )
+    eval_every_steps: int = opt(
+        10000, "greedy evaluation every this many online env steps (and before the first)"
+    )
     eval_episodes: int = opt(3, "episodes per evaluation point of the learning curve")
     checkpoint_every_steps: int = opt(10000, "RLlib checkpoint every this many online env steps")
 
@@ -308,10 +334,20 @@ class Config:
                 "data.clip_length is for recurrent models: set model.arch=cnn_lstm or data.clip_length=0"
             )
         f = self.finetune
-        if f.offline_updates < 0 or f.online_steps < 0 or f.batch_size < 1 or f.n_step < 1 or f.num_env_runners < 0:
-            raise ConfigError("finetune.offline_updates/online_steps >= 0, finetune.batch_size/n_step >= 1, finetune.num_env_runners >= 0")
+        if (
+            f.offline_updates < 0
+            or f.online_steps < 0
+            or f.batch_size < 1
+            or f.n_step < 1
+            or f.num_env_runners < 0
+        ):
+            raise ConfigError(
+                "finetune.offline_updates/online_steps >= 0, finetune.batch_size/n_step >= 1, finetune.num_env_runners >= 0"
+            )
         if not 0 <= f.demo_ratio <= 1 or not 0 <= f.epsilon <= 1 or f.updates_per_env_step <= 0:
-            raise ConfigError("finetune.demo_ratio and finetune.epsilon in [0, 1], finetune.updates_per_env_step > 0")
+            raise ConfigError(
+                "finetune.demo_ratio and finetune.epsilon in [0, 1], finetune.updates_per_env_step > 0"
+            )
         if f.online_steps and f.rollout_fragment_length < 1:
             raise ConfigError("finetune.rollout_fragment_length must be >= 1")
         e = self.eval

@@ -9,14 +9,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import SMOKE
 
 from rayapp.errors import RayappError
 from rayapp.replay.record import record
 from rayapp.rl.finetune import build_algorithm, finetune, init_policy, load_into, module_state
 from rayapp.rl.offline import demo_episodes
 from rayapp.train.bc import pretrain
-
-from conftest import SMOKE
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +24,9 @@ def bc_run(ray_session, tmp_path_factory):
     from rayapp.config import load_config
 
     run = tmp_path_factory.mktemp("rl") / "run"
-    cfg = load_config(SMOKE, [f"run.dir={run}", "record.episodes=6", "pretrain.epochs=1", "pretrain.num_workers=1"])
+    cfg = load_config(
+        SMOKE, [f"run.dir={run}", "record.episodes=6", "pretrain.epochs=1", "pretrain.num_workers=1"]
+    )
     record(cfg, show_progress=False)
     pretrain(cfg)
     return str(run)
@@ -34,7 +35,9 @@ def bc_run(ray_session, tmp_path_factory):
 def cfg_for(run, *overrides):
     from rayapp.config import load_config
 
-    return load_config(SMOKE, [f"run.dir={run}", "finetune.num_env_runners=0", "finetune.eval_episodes=0", *overrides])
+    return load_config(
+        SMOKE, [f"run.dir={run}", "finetune.num_env_runners=0", "finetune.eval_episodes=0", *overrides]
+    )
 
 
 def test_q_module_starts_as_the_bc_network(bc_run):
@@ -52,7 +55,9 @@ def test_q_module_starts_as_the_bc_network(bc_run):
         with torch.no_grad():
             want = bc(x)[0]
             assert torch.allclose(learner_mod.compute_q_values({Columns.OBS: x})["qf_preds"], want)
-            assert torch.allclose(learner_mod.forward_target({Columns.OBS: x})["qf_preds"], want)  # target net too
+            assert torch.allclose(
+                learner_mod.forward_target({Columns.OBS: x})["qf_preds"], want
+            )  # target net too
             runner_mod = algo.env_runner_group.local_env_runner.module
             assert torch.allclose(runner_mod.compute_q_values({Columns.OBS: x})["qf_preds"], want)
         assert all(np.array_equal(module_state(algo)[k], v.numpy()) for k, v in pol.state_dict.items())
@@ -64,7 +69,9 @@ def test_offline_phase_learns_from_demonstrations(bc_run):
     """From scratch, a few hundred offline updates on ~600 transitions lower the TD loss (against a
     target network held fixed, so the targets stand still) and make the greedy action agree with the
     demonstrations far more than the majority class would."""
-    cfg = cfg_for(bc_run, "finetune.init_checkpoint=none", "finetune.lr=1e-3", "finetune.target_update_steps=100000000")
+    cfg = cfg_for(
+        bc_run, "finetune.init_checkpoint=none", "finetune.lr=1e-3", "finetune.target_update_steps=100000000"
+    )
     pol = init_policy(cfg)
     assert pol is None
     from rayapp.data.preprocess import FrameSpec
@@ -103,7 +110,12 @@ def test_offline_phase_learns_from_demonstrations(bc_run):
 
 
 def test_batches_mix_demonstrations_and_online_steps_as_configured(bc_run):
-    cfg = cfg_for(bc_run, "finetune.demo_ratio=0.25", "finetune.learning_starts=64", "finetune.updates_per_env_step=0.25")
+    cfg = cfg_for(
+        bc_run,
+        "finetune.demo_ratio=0.25",
+        "finetune.learning_starts=64",
+        "finetune.updates_per_env_step=0.25",
+    )
     pol = init_policy(cfg)
     algo = build_algorithm(cfg, pol.spec, pol.frames)
     try:
@@ -131,9 +143,19 @@ def test_finetune_end_to_end_and_resume_from_the_same_step(bc_run, tmp_path):
     r = finetune(cfg)
     phases = [p["phase"] for p in r.curve]
     assert phases[:2] == ["bc", "offline"] and phases[-1] == "final"
-    assert os.path.exists(os.path.join(r.policy, "model.pt")) and os.path.exists(run / "finetune" / "best.json")
+    assert os.path.exists(os.path.join(r.policy, "model.pt")) and os.path.exists(
+        run / "finetune" / "best.json"
+    )
     rows = open(run / "finetune" / "metrics.csv").read()
-    for key in ("losses/td_loss", "losses/margin_loss", "q/mean", "charts/epsilon", "perf/env_steps_per_s", "perf/learner_updates_per_s", "charts/eval_score"):
+    for key in (
+        "losses/td_loss",
+        "losses/margin_loss",
+        "q/mean",
+        "charts/epsilon",
+        "perf/env_steps_per_s",
+        "perf/learner_updates_per_s",
+        "charts/eval_score",
+    ):
         assert key in rows
     from rayapp.models import load_policy, resolve_checkpoint
 
@@ -158,7 +180,12 @@ def test_finetune_end_to_end_and_resume_from_the_same_step(bc_run, tmp_path):
 
 
 def test_training_continues_when_an_env_runner_is_killed(bc_run):
-    cfg = cfg_for(bc_run, "finetune.num_env_runners=1", "finetune.cpus_per_env_runner=0.5", "finetune.learning_starts=64")
+    cfg = cfg_for(
+        bc_run,
+        "finetune.num_env_runners=1",
+        "finetune.cpus_per_env_runner=0.5",
+        "finetune.learning_starts=64",
+    )
     pol = init_policy(cfg)
     algo = build_algorithm(cfg, pol.spec, pol.frames)
     try:
@@ -188,7 +215,11 @@ def test_mismatched_bc_checkpoint_is_named(bc_run):
     with pytest.raises(RayappError) as e:
         finetune(cfg)
     msg = str(e.value)
-    assert "BC checkpoint" in msg and "actions [('action', 4)] vs [('action', 6)]" in msg and "game Breakout vs Pong" in msg
+    assert (
+        "BC checkpoint" in msg
+        and "actions [('action', 4)] vs [('action', 6)]" in msg
+        and "game Breakout vs Pong" in msg
+    )
 
 
 def test_offline_data_without_rewards(bc_run, tmp_path):
@@ -202,10 +233,16 @@ def test_offline_data_without_rewards(bc_run, tmp_path):
     for name in os.listdir(run / "replays" / "shards"):
         path = run / "replays" / "shards" / name
         t = pq.read_table(path)
-        t = t.set_column(t.schema.get_field_index("reward"), t.schema.field("reward"), pa.array(np.zeros(t.num_rows, np.float32)))
+        t = t.set_column(
+            t.schema.get_field_index("reward"),
+            t.schema.field("reward"),
+            pa.array(np.zeros(t.num_rows, np.float32)),
+        )
         pq.write_table(t, path, compression="zstd")
     cfg = cfg_for(run, "finetune.offline_updates=20", "finetune.online_steps=0")
     with pytest.raises(RayappError, match="has no rewards .*finetune.margin_only=true"):
         finetune(cfg)
-    r = finetune(cfg_for(run, "finetune.offline_updates=20", "finetune.online_steps=0", "finetune.margin_only=true"))
+    r = finetune(
+        cfg_for(run, "finetune.offline_updates=20", "finetune.online_steps=0", "finetune.margin_only=true")
+    )
     assert r.final_policy and r.history and all(np.isfinite(h["losses/margin_loss"]) for h in r.history)

@@ -35,7 +35,8 @@ class DQfD(DQN):
         super().setup(config)
         extra = self.config.learner_config_dict
         self.demo_buffer = PrioritizedEpisodeReplayBuffer(
-            capacity=int(extra.get("demo_capacity", 1_000_000)), alpha=self.config.replay_buffer_config.get("alpha", 0.6)
+            capacity=int(extra.get("demo_capacity", 1_000_000)),
+            alpha=self.config.replay_buffer_config.get("alpha", 0.6),
         )
         self.clock = 0.0  # drives target-network syncs
         self.updates = 0
@@ -52,7 +53,12 @@ class DQfD(DQN):
 
     # ---- updates -----------------------------------------------------------------------------------
     def _sample(self, buffer, n: int, flag: float) -> list:
-        eps = buffer.sample(num_items=n, n_step=self.config.n_step, gamma=self.config.gamma, beta=self.config.replay_buffer_config.get("beta", 0.4))
+        eps = buffer.sample(
+            num_items=n,
+            n_step=self.config.n_step,
+            gamma=self.config.gamma,
+            beta=self.config.replay_buffer_config.get("beta", 0.4),
+        )
         for e in eps:
             e.extra_model_outputs["is_demo"] = InfiniteLookbackBuffer([flag])
         return eps
@@ -68,8 +74,12 @@ class DQfD(DQN):
             episodes += self._sample(self.local_replay_buffer, n_online, 0.0)
             parts.append((self.local_replay_buffer, n_online, 0.0))
         self.clock += clock_step
-        results = self.learner_group.update(episodes=episodes, timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: int(self.clock)})
-        td = np.concatenate([np.concatenate(convert_to_numpy(r["default_policy"].pop(TD_ERROR_KEY).peek())) for r in results])
+        results = self.learner_group.update(
+            episodes=episodes, timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: int(self.clock)}
+        )
+        td = np.concatenate(
+            [np.concatenate(convert_to_numpy(r["default_policy"].pop(TD_ERROR_KEY).peek())) for r in results]
+        )
         offset = 0
         for buffer, n, bonus in parts:
             buffer.update_priorities(np.abs(td[offset : offset + n]) + bonus)
@@ -81,10 +91,14 @@ class DQfD(DQN):
     def offline_update(self) -> list[dict[str, Any]]:
         """A batch of demonstrations only, no env interaction."""
         extra = self.config.learner_config_dict
-        return self.update(self.config.train_batch_size_per_learner, 0, 1.0 / float(extra.get("updates_per_env_step", 0.25)))
+        return self.update(
+            self.config.train_batch_size_per_learner, 0, 1.0 / float(extra.get("updates_per_env_step", 0.25))
+        )
 
     def sync_env_runners(self) -> None:
-        self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, policies={"default_policy"}, inference_only=True)
+        self.env_runner_group.sync_weights(
+            from_worker_or_learner_group=self.learner_group, policies={"default_policy"}, inference_only=True
+        )
 
     def training_step(self) -> None:
         extra = self.config.learner_config_dict
@@ -104,7 +118,10 @@ class DQfD(DQN):
         self._owed -= n_updates
         batch = self.config.train_batch_size_per_learner
         ratio = float(extra.get("demo_ratio", 0.0)) if self.demo_steps else 0.0
-        online_ready = self.local_replay_buffer.get_num_timesteps() >= self.config.num_steps_sampled_before_learning_starts
+        online_ready = (
+            self.local_replay_buffer.get_num_timesteps()
+            >= self.config.num_steps_sampled_before_learning_starts
+        )
         self.clock += steps
         results = None
         for _ in range(n_updates):
@@ -117,7 +134,9 @@ class DQfD(DQN):
             results = self.update(n_demo, batch - n_demo, 0.0)
         if results is not None:
             self.env_runner_group.sync_weights(
-                from_worker_or_learner_group=self.learner_group, policies=set(results[0]) - {ALL_MODULES}, inference_only=True
+                from_worker_or_learner_group=self.learner_group,
+                policies=set(results[0]) - {ALL_MODULES},
+                inference_only=True,
             )
 
     # ---- checkpoints: the clock and the update count travel with the algorithm's state ----------------

@@ -46,17 +46,26 @@ class ClipReward(gym.RewardWrapper):
         return float(np.sign(reward))
 
 
-def env_config(env: EnvConfig, frames: FrameSpec, clip_rewards: bool, backend: str = "atari") -> dict[str, Any]:
+def env_config(
+    env: EnvConfig, frames: FrameSpec, clip_rewards: bool, backend: str = "atari"
+) -> dict[str, Any]:
     import dataclasses
 
-    return {"backend": backend, "env": dataclasses.asdict(env), "frames": frames.to_json(), "clip_rewards": clip_rewards}
+    return {
+        "backend": backend,
+        "env": dataclasses.asdict(env),
+        "frames": frames.to_json(),
+        "clip_rewards": clip_rewards,
+    }
 
 
 def make_pixel_env(config: dict[str, Any]) -> gym.Env:
     backend = config.get("backend", "atari")
     if backend != "atari":
         raise ConfigError(f"env backend {backend!r} is not available in this version (atari)")
-    env = ScoreInfo(PixelStack(make_atari_env(EnvConfig(**config["env"])), FrameSpec.from_json(config["frames"])))
+    env = ScoreInfo(
+        PixelStack(make_atari_env(EnvConfig(**config["env"])), FrameSpec.from_json(config["frames"]))
+    )
     return ClipReward(env) if config.get("clip_rewards") else env
 
 

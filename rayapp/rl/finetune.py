@@ -52,7 +52,9 @@ def init_policy(cfg: Config) -> PolicyCheckpoint | None:
     path = resolve_checkpoint(src or cfg.run.dir, stages=("pretrain",))
     pol = load_policy(path)
     if pol.spec.recurrent or len(pol.spec.controls) != 1:
-        raise RayappError(f"{path}: DQN fine-tuning needs a feed-forward network with one discrete head, got {pol.spec.describe()}")
+        raise RayappError(
+            f"{path}: DQN fine-tuning needs a feed-forward network with one discrete head, got {pol.spec.describe()}"
+        )
     return pol
 
 
@@ -85,12 +87,17 @@ def build_algorithm(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int |
     config = (
         DQNConfig(algo_class=DQfD)
         .environment(ENV_NAME, env_config=env_config(cfg.env, frames, f.clip_rewards))
-        .framework("torch", torch_skip_nan_gradients=True)  # finiteness is checked once per update in the learner
+        .framework(
+            "torch", torch_skip_nan_gradients=True
+        )  # finiteness is checked once per update in the learner
         .env_runners(
             num_env_runners=f.num_env_runners,
             num_envs_per_env_runner=f.envs_per_env_runner,
             rollout_fragment_length=f.rollout_fragment_length,
             num_cpus_per_env_runner=f.cpus_per_env_runner,
+            # the replay buffer takes list-based episodes as they are: stacking each fragment into
+            # arrays in the env runner cost ~8% of its time (fresh 250 KB arrays page-fault here)
+            episodes_to_numpy=False,
         )
         .learners(
             num_learners=0,
@@ -118,11 +125,23 @@ def build_algorithm(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int |
             td_error_loss_fn="huber",
             target_network_update_freq=f.target_update_steps,
             num_steps_sampled_before_learning_starts=f.learning_starts,
-            replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer", "capacity": f.buffer_size, "alpha": f.priority_alpha, "beta": f.priority_beta},
+            replay_buffer_config={
+                "type": "PrioritizedEpisodeReplayBuffer",
+                "capacity": f.buffer_size,
+                "alpha": f.priority_alpha,
+                "beta": f.priority_beta,
+            },
         )
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=PixelQModule), model_config={"spec": spec.to_json()})
+        .rl_module(
+            rl_module_spec=RLModuleSpec(module_class=PixelQModule),
+            model_config={"spec": spec.to_json(), "deterministic": f.deterministic},
+        )
         .reporting(min_sample_timesteps_per_iteration=f.steps_per_iteration)
-        .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=100, delay_between_env_runner_restarts_s=1.0)
+        .fault_tolerance(
+            restart_failed_env_runners=True,
+            max_num_env_runner_restarts=100,
+            delay_between_env_runner_restarts_s=1.0,
+        )
         .callbacks(on_episode_end=_ScoreCallback.on_episode_end)
         .debugging(seed=cfg.run.seed if seed is None else seed, log_level="ERROR")
     )
@@ -151,7 +170,9 @@ def load_into(algo, state: dict[str, Any]) -> None:
     algo.sync_env_runners()
 
 
-def export_policy(algo, folder: str, spec: ModelSpec, frames: FrameSpec, game: dict, cfg: Config, meta: dict) -> str:
+def export_policy(
+    algo, folder: str, spec: ModelSpec, frames: FrameSpec, game: dict, cfg: Config, meta: dict
+) -> str:
     import torch
 
     net = build_model(spec)
@@ -160,7 +181,9 @@ def export_policy(algo, folder: str, spec: ModelSpec, frames: FrameSpec, game: d
     return resolve(folder).uri
 
 
-def evaluate_greedy(policy: str, frames: FrameSpec, cfg: Config, episodes: int, seeds_from: int = 17) -> list[float]:
+def evaluate_greedy(
+    policy: str, frames: FrameSpec, cfg: Config, episodes: int, seeds_from: int = 17
+) -> list[float]:
     """Greedy scores (raw, unclipped) of an exported policy, episodes played in Ray tasks."""
     import dataclasses
 
@@ -172,7 +195,12 @@ def evaluate_greedy(policy: str, frames: FrameSpec, cfg: Config, episodes: int, 
     seeds = [cfg.run.seed * 1000 + seeds_from + i for i in range(episodes)]
     chunks = max(1, min(episodes, cfg.eval.workers))
     remote = ray.remote(num_cpus=cfg.eval.cpus_per_worker)(play_episodes)
-    refs = [remote.remote("policy", "greedy", seeds[c::chunks], env_cfg, policy, frames.to_json(), cfg.eval.epsilon, 0) for c in range(chunks)]
+    refs = [
+        remote.remote(
+            "policy", "greedy", seeds[c::chunks], env_cfg, policy, frames.to_json(), cfg.eval.epsilon, 0
+        )
+        for c in range(chunks)
+    ]
     return [e["score"] for part in ray.get(refs) for e in part]
 
 
@@ -186,7 +214,6 @@ def _value(result: dict, *path: str, default: Any = None) -> Any:
 
 def finetune(cfg: Config) -> FinetuneResult:
     from rayapp.envs.atari import action_controls, game_name, make_atari_env
-    from rayapp.rl.algorithm import DQfD
     from rayapp.rl.offline import DemoStats, demo_episodes
     from rayapp.train.bc import check_compatible
     from rayapp.train.metrics import MetricsLogger
@@ -202,12 +229,33 @@ def finetune(cfg: Config) -> FinetuneResult:
         raise RayappError("DQN fine-tuning needs one discrete control")
     if pol is not None:
         frames, spec = pol.frames, pol.spec
-        env_spec = ModelSpec(frames.input_shape(obs_shape), ((controls[0].name, controls[0].n),), spec.arch, spec.hidden, spec.lstm_hidden)
-        check_compatible(env_spec, game_name(cfg.env.game), spec, pol.game.get("game", "?"), f"the BC checkpoint {pol.path}", f"env.game={cfg.env.game}")
+        env_spec = ModelSpec(
+            frames.input_shape(obs_shape),
+            ((controls[0].name, controls[0].n),),
+            spec.arch,
+            spec.hidden,
+            spec.lstm_hidden,
+        )
+        check_compatible(
+            env_spec,
+            game_name(cfg.env.game),
+            spec,
+            pol.game.get("game", "?"),
+            f"the BC checkpoint {pol.path}",
+            f"env.game={cfg.env.game}",
+        )
     else:
         frames = FrameSpec.from_config(cfg.data)
-        spec = ModelSpec(frames.input_shape(obs_shape), ((controls[0].name, controls[0].n),), "cnn", cfg.model.hidden)
-    game = {"game": game_name(cfg.env.game), "env_id": cfg.env.game, "obs_shape": list(obs_shape), "actions": [list(controls[0].labels)], "frame_rate": 60.0 / cfg.env.frameskip}
+        spec = ModelSpec(
+            frames.input_shape(obs_shape), ((controls[0].name, controls[0].n),), "cnn", cfg.model.hidden
+        )
+    game = {
+        "game": game_name(cfg.env.game),
+        "env_id": cfg.env.game,
+        "obs_shape": list(obs_shape),
+        "actions": [list(controls[0].labels)],
+        "frame_rate": 60.0 / cfg.env.frameskip,
+    }
     use_demos = f.offline_updates > 0 or f.demo_ratio > 0 or f.margin_only
     demo_stats = DemoStats()
     demos = []
@@ -215,10 +263,28 @@ def finetune(cfg: Config) -> FinetuneResult:
         from rayapp.replay.reader import ReplayDataset
 
         info = ReplayDataset(cfg.data_uri).info
-        data_spec = ModelSpec(frames.input_shape(tuple(info.observation.shape)), tuple((c.name, c.n) for c in info.actions), spec.arch, spec.hidden, spec.lstm_hidden)
+        data_spec = ModelSpec(
+            frames.input_shape(tuple(info.observation.shape)),
+            tuple((c.name, c.n) for c in info.actions),
+            spec.arch,
+            spec.hidden,
+            spec.lstm_hidden,
+        )
         check_compatible(data_spec, info.game, spec, game["game"], "the fine-tuned network", cfg.data_uri)
         d = cfg.data
-        demos = list(demo_episodes(cfg.data_uri, frames, "train", f.clip_rewards, d.split_seed, d.val_fraction, d.test_fraction, d.max_corrupt_shards, stats=demo_stats))
+        demos = list(
+            demo_episodes(
+                cfg.data_uri,
+                frames,
+                "train",
+                f.clip_rewards,
+                d.split_seed,
+                d.val_fraction,
+                d.test_fraction,
+                d.max_corrupt_shards,
+                stats=demo_stats,
+            )
+        )
         if not demos:
             raise RayappError(f"no training episodes in {cfg.data_uri} to learn from")
         if demo_stats.nonzero_rewards == 0 and not f.margin_only:
@@ -240,7 +306,15 @@ def finetune(cfg: Config) -> FinetuneResult:
     if demos:
         algo.add_demos(demos)
     logger = MetricsLogger(folder.uri)
-    result = FinetuneResult("", "", demo={"episodes": demo_stats.episodes, "transitions": demo_stats.transitions, "score_mean": float(np.mean(demo_stats.score)) if demo_stats.score else None})
+    result = FinetuneResult(
+        "",
+        "",
+        demo={
+            "episodes": demo_stats.episodes,
+            "transitions": demo_stats.transitions,
+            "score_mean": float(np.mean(demo_stats.score)) if demo_stats.score else None,
+        },
+    )
     curve_file = folder.join("curve.json")
     if resumed and exists(curve_file):
         from rayapp.storage import read_bytes
@@ -261,11 +335,22 @@ def finetune(cfg: Config) -> FinetuneResult:
         from rayapp.storage import write_bytes_atomic
 
         write_bytes_atomic(curve_file, (json.dumps(result.curve, indent=1) + "\n").encode())
-        logger.log(env_steps, {"charts/eval_score": point["mean"], "charts/eval_score_std": point["std"], "phase": phase})
+        logger.log(
+            env_steps,
+            {"charts/eval_score": point["mean"], "charts/eval_score_std": point["std"], "phase": phase},
+        )
         if scores and point["mean"] > best["mean"]:
             best.update(mean=point["mean"], policy=path)
-            write_best(cfg.run.dir, "finetune", path, {"eval_score": point["mean"], "env_steps": env_steps, "phase": phase})
-        print(f"finetune [{phase}] env steps {env_steps:,}: greedy score {point['mean']:.1f} +- {point['std']:.1f} over {len(scores)} episodes", flush=True)
+            write_best(
+                cfg.run.dir,
+                "finetune",
+                path,
+                {"eval_score": point["mean"], "env_steps": env_steps, "phase": phase},
+            )
+        print(
+            f"finetune [{phase}] env steps {env_steps:,}: greedy score {point['mean']:.1f} +- {point['std']:.1f} over {len(scores)} episodes",
+            flush=True,
+        )
         return point
 
     from ray.rllib.utils.metrics import LEARNER_RESULTS
@@ -291,7 +376,11 @@ def finetune(cfg: Config) -> FinetuneResult:
                            "q/mean": learner("qf_mean"), "perf/learner_updates_per_s": i / (time.perf_counter() - t0), "updates": algo.updates}  # fmt: skip
                     logger.log(i - todo, row)  # offline rows precede env step 0 on the x-axis
                     result.history.append(row)
-                    bar.update(i - bar.n, td=f"{row['losses/td_loss']:.4f}", margin=f"{row['losses/margin_loss']:.3f}")
+                    bar.update(
+                        i - bar.n,
+                        td=f"{row['losses/td_loss']:.4f}",
+                        margin=f"{row['losses/margin_loss']:.3f}",
+                    )
             bar.close()
             algo.sync_env_runners()
             if f.eval_episodes:
@@ -301,8 +390,16 @@ def finetune(cfg: Config) -> FinetuneResult:
 
         steps = int(algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0) or 0)
         next_eval = (steps // f.eval_every_steps + 1) * f.eval_every_steps if f.eval_every_steps else None
-        next_ckpt = (steps // f.checkpoint_every_steps + 1) * f.checkpoint_every_steps if f.checkpoint_every_steps else None
-        bar = Progress(f.online_steps, "finetune online", unit="steps", log_every=15) if f.online_steps > steps else None
+        next_ckpt = (
+            (steps // f.checkpoint_every_steps + 1) * f.checkpoint_every_steps
+            if f.checkpoint_every_steps
+            else None
+        )
+        bar = (
+            Progress(f.online_steps, "finetune online", unit="steps", log_every=15)
+            if f.online_steps > steps
+            else None
+        )
         t_last, s_last, u_last = time.perf_counter(), steps, algo.updates
         while steps < f.online_steps:
             out = algo.train()
@@ -314,12 +411,18 @@ def finetune(cfg: Config) -> FinetuneResult:
                 "charts/episode_return": _value(out, "env_runners", "episode_return_mean"),
                 "charts/epsilon": _epsilon(f, new_steps),
                 "losses/td_loss": _value(out, "learners", "default_policy", "qf_loss", default=float("nan")),
-                "losses/margin_loss": _value(out, "learners", "default_policy", "margin_loss", default=float("nan")),
+                "losses/margin_loss": _value(
+                    out, "learners", "default_policy", "margin_loss", default=float("nan")
+                ),
                 "q/mean": _value(out, "learners", "default_policy", "qf_mean", default=float("nan")),
-                "batch/demo_fraction": _value(out, "learners", "default_policy", "demo_fraction", default=float("nan")),
+                "batch/demo_fraction": _value(
+                    out, "learners", "default_policy", "demo_fraction", default=float("nan")
+                ),
                 "perf/env_steps_per_s": (new_steps - s_last) / (now - t_last),
                 "perf/learner_updates_per_s": (algo.updates - u_last) / (now - t_last),
-                "fault/env_runner_restarts": _value(out, "fault_tolerance", "num_remote_worker_restarts", default=0),
+                "fault/env_runner_restarts": _value(
+                    out, "fault_tolerance", "num_remote_worker_restarts", default=0
+                ),
                 "updates": algo.updates,
             }
             t_last, s_last, u_last = now, new_steps, algo.updates
@@ -327,7 +430,11 @@ def finetune(cfg: Config) -> FinetuneResult:
             result.history.append({"env_steps": new_steps, **row})
             if bar:
                 score = row["charts/episode_score"]
-                bar.update(new_steps - steps, score=f"{score:.1f}" if isinstance(score, float) else "-", steps_per_s=f"{row['perf/env_steps_per_s']:.0f}")
+                bar.update(
+                    new_steps - steps,
+                    score=f"{score:.1f}" if isinstance(score, float) else "-",
+                    steps_per_s=f"{row['perf/env_steps_per_s']:.0f}",
+                )
             steps = new_steps
             if next_ckpt is not None and steps >= next_ckpt:
                 algo.save_to_path(rllib_dir.path if rllib_dir.is_local else rllib_dir.uri)

@@ -31,7 +31,12 @@ class DQfDTorchLearner(DQNTorchLearner):
 
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         params = self.get_parameters(self._module[module_id])
-        self.register_optimizer(module_id=module_id, optimizer=torch.optim.Adam(params, foreach=True), params=params, lr_or_lr_schedule=config.lr)
+        self.register_optimizer(
+            module_id=module_id,
+            optimizer=torch.optim.Adam(params, foreach=True),
+            params=params,
+            lr_or_lr_schedule=config.lr,
+        )
 
     def postprocess_gradients_for_module(self, *, module_id, config=None, module_gradients_dict):
         grads = [g for g in module_gradients_dict.values() if g is not None]
@@ -52,7 +57,9 @@ class DQfDTorchLearner(DQNTorchLearner):
         weight = float(extra.get("margin_weight", 0.0))
         if weight <= 0 or "is_demo" not in batch:
             return td
-        jm = margin_loss(fwd_out[QF_PREDS], batch[Columns.ACTIONS], batch["is_demo"], float(extra.get("margin", 0.8)))
+        jm = margin_loss(
+            fwd_out[QF_PREDS], batch[Columns.ACTIONS], batch["is_demo"], float(extra.get("margin", 0.8))
+        )
         self.metrics.log_value((module_id, "margin_loss"), jm, window=1)
         self.metrics.log_value((module_id, "demo_fraction"), batch["is_demo"].float().mean(), window=1)
         if extra.get("margin_only"):

@@ -59,7 +59,9 @@ def demo_episodes(
     ds = ReplayDataset(uri)
     info = ds.info
     if len(info.actions) != 1:
-        raise RayappError(f"DQN fine-tuning needs one discrete control; {uri} has {len(info.actions)} ({info.action_columns})")
+        raise RayappError(
+            f"DQN fine-tuning needs one discrete control; {uri} has {len(info.actions)} ({info.action_columns})"
+        )
     keep = None
     if split is not None:
         index = DatasetIndex.build(ds, "action", val_fraction, test_fraction, split_seed, max_corrupt_shards)
