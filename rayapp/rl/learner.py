@@ -19,8 +19,8 @@ __all__ = ["DQfDTorchLearner", "margin_loss"]
 
 def margin_loss(q: torch.Tensor, actions: torch.Tensor, is_demo: torch.Tensor, margin: float) -> torch.Tensor:
     a = actions.long()
-    l = torch.full_like(q, margin).scatter(1, a[:, None], 0.0)
-    je = (q + l).max(1).values - q.gather(1, a[:, None]).squeeze(1)
+    margins = torch.full_like(q, margin).scatter(1, a[:, None], 0.0)
+    je = (q + margins).max(1).values - q.gather(1, a[:, None]).squeeze(1)
     d = is_demo.float()
     return (je * d).sum() / d.sum().clamp(min=1.0)
 
