@@ -44,10 +44,10 @@ def sampling_rates(cfg, pol, seconds: float, rounds: int = 6) -> dict:
     import torch
 
     from rayapp.rl.env import env_config, make_pixel_env
-    from rayapp.rl.finetune import build_algorithm, load_into
+    from rayapp.rl.finetune import build_algorithm, load_into, q_spec
 
     f = cfg.finetune
-    algo = build_algorithm(cfg, pol.spec, pol.frames)
+    algo = build_algorithm(cfg, q_spec(cfg, pol.spec), pol.frames)
     ec = env_config(cfg.env, pol.frames, f.clip_rewards)
     envs = gym.vector.SyncVectorEnv([lambda: make_pixel_env(ec) for _ in range(f.envs_per_env_runner)])
     threads = torch.get_num_threads()
@@ -105,11 +105,11 @@ def update_times(cfg, pol, demos, n: int) -> dict:
     import torch
 
     from rayapp.models import build_model
-    from rayapp.rl.finetune import build_algorithm, load_into
+    from rayapp.rl.finetune import build_algorithm, load_into, q_spec
     from rayapp.rl.learner import margin_loss
 
     f = cfg.finetune
-    algo = build_algorithm(cfg, pol.spec, pol.frames)
+    algo = build_algorithm(cfg, q_spec(cfg, pol.spec), pol.frames)
     try:
         load_into(algo, pol.state_dict)
         algo.add_demos(demos)

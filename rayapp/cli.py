@@ -83,6 +83,14 @@ def _finetune(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("sweep")
+def _sweep(cfg: Config, args: argparse.Namespace) -> int:
+    from rayapp.tune.sweep import sweep
+
+    print(sweep(cfg).text())
+    return 0
+
+
 @command("evaluate")
 def _evaluate(cfg: Config, args: argparse.Namespace) -> int:
     from rayapp.evaluate import evaluate
@@ -146,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "finetune", parents=[common], help="RLlib DQN from the BC network: offline on data.uri, then online"
+    )
+
+    sub.add_parser(
+        "sweep", parents=[common], help="Ray Tune over sweep.space for sweep.stage (pretrain or finetune)"
     )
 
     ev = sub.add_parser(

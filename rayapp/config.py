@@ -212,6 +212,10 @@ class FinetuneConfig:
     margin_weight: float = opt(1.0, "weight of DQfD's large-margin loss on demonstration rows (0: off)")
     margin: float = opt(0.8, "DQfD margin between the demonstrated action's Q-value and the others'")
     margin_only: bool = opt(False, "train on demonstrations without rewards: margin loss only, no TD loss")
+    dueling: bool = opt(
+        True,
+        "Q = V(s) + A(s, a) - mean A: A starts as the BC head, V at zero, so TD fits values without first reordering actions",
+    )
     clip_rewards: bool = opt(True, "rewards to their sign, as DQN on Atari does (scores are reported raw)")
     lr: float = opt(1e-4, "Adam learning rate")
     gamma: float = opt(0.99, "discount per step")
@@ -237,6 +241,10 @@ class FinetuneConfig:
     priority_alpha: float = opt(0.6, "prioritized replay exponent")
     priority_beta: float = opt(0.4, "importance-sampling exponent")
     demo_priority_bonus: float = opt(1.0, "added to demonstration priorities (DQfD's epsilon_d)")
+    demo_action_balance: float = opt(
+        1.0,
+        "demonstration priorities times (action frequency)^-this: rare actions (FIRE) are replayed often enough to keep",
+    )
     num_env_runners: int = opt(1, "remote env runners (game processes; on game PCs, one per PC)")
     envs_per_env_runner: int = opt(
         16, "vectorised envs per env runner (batched inference: 16 amortise RLlib's per-call cost)"
@@ -278,6 +286,37 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    stage: Literal["pretrain", "finetune"] = opt(
+        "pretrain", "what each trial runs: behaviour cloning, or DQN fine-tuning"
+    )
+    space: dict = opt(
+        {},
+        "config keys to search, each {loguniform: [lo, hi]} | {uniform: [lo, hi]} | {randint: [lo, hi]} | {choice: [...]} | {grid: [...]}",
+    )
+    num_samples: int = opt(8, "trials (with grid entries: samples per grid point)")
+    metric: str = opt(
+        "",
+        "what ASHA and the best trial go by; empty: val/balanced_accuracy (pretrain) or charts/eval_score (finetune)",
+    )
+    mode: Literal["max", "min"] = opt("max", "maximise or minimise the metric")
+    scheduler: Literal["asha", "fifo"] = opt(
+        "asha", "ASHA stops weak trials early; fifo runs every trial to the end"
+    )
+    grace_period: int = opt(2, "ASHA: reports (epochs, or evaluation points) before a trial may be stopped")
+    reduction_factor: int = opt(3, "ASHA: keep about 1 in this many trials at each rung")
+    max_concurrent: int = opt(1, "trials at a time (each trial reserves its own workers)")
+    trial_cpus: float = opt(
+        0.01,
+        "CPUs reserved by a trial's own process (pretrain: Ray Train workers reserve theirs; finetune: the learner runs here)",
+    )
+    trial_gpus: float = opt(
+        0.0, "GPUs reserved by a trial's own process (fractions share a GPU; finetune: the learner's)"
+    )
+    max_failures: int = opt(0, "retries of a crashed trial (a crash never stops the sweep)")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -288,6 +327,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -350,6 +390,11 @@ class Config:
             )
         if f.online_steps and f.rollout_fragment_length < 1:
             raise ConfigError("finetune.rollout_fragment_length must be >= 1")
+        sw = self.sweep
+        if sw.num_samples < 1 or sw.max_concurrent < 1 or sw.grace_period < 1 or sw.reduction_factor < 2:
+            raise ConfigError(
+                "sweep.num_samples, sweep.max_concurrent, sweep.grace_period >= 1 and sweep.reduction_factor >= 2"
+            )
         e = self.eval
         bad = [m for m in e.modes if m not in ("greedy", "sampled")] + [
             b for b in e.baselines if b not in ("teacher", "random")
@@ -460,6 +505,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str, raw: bool) -> Any:
             return value
         raise bad()
     if tp is dict:
+        if raw and isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise bad() from None
         if isinstance(value, dict):
             return value
         raise bad()

@@ -113,10 +113,12 @@ class EvalReport:
                 "steps": [e["steps"] for e in eps],
             }
         for name in self.players:
-            if name.startswith("policy") and "teacher" in self.players:
+            if "/" not in name:
+                continue  # baselines
+            if "teacher" in self.players:
                 t = self.stats("teacher")["mean"]
                 out["scores"][name]["vs_teacher"] = self.stats(name)["mean"] / t if t else None
-            if name.startswith("policy") and "random" in self.players:
+            if "random" in self.players:
                 r = self.stats("random")["mean"]
                 out["scores"][name]["vs_random"] = self.stats(name)["mean"] / r if r else None
         return out
@@ -172,7 +174,11 @@ def _gif(frames: list[np.ndarray], fps: int) -> bytes:
     return buf.getvalue()
 
 
-def evaluate(cfg: Config, checkpoint: str, out_dir: str | None = None) -> EvalReport:
+def evaluate(
+    cfg: Config, checkpoint: str, out_dir: str | None = None, others: dict[str, str] | None = None
+) -> EvalReport:
+    """Play `checkpoint` (named "policy") and any `others` (name -> checkpoint, e.g. {"bc": ...})
+    in every mode of `eval.modes`, and the baselines, over the same seeds."""
     import ray
 
     e = cfg.eval
@@ -182,30 +188,33 @@ def evaluate(cfg: Config, checkpoint: str, out_dir: str | None = None) -> EvalRe
         raise RayappError(f"{pol.path}: the checkpoint's config has no env section")
     env_cfg["max_episode_steps"] = e.max_episode_steps
     game = pol.game.get("game", env_cfg.get("game", "?"))
+    policies = {"policy": pol}
+    for name, path in (others or {}).items():
+        other = load_policy(path)
+        if other.game.get("game") != game:
+            raise RayappError(f"{name} checkpoint {other.path} plays {other.game.get('game')}, not {game}")
+        policies[name] = other
     init_ray(cfg.ray)
     seeds = [cfg.run.seed * 1000 + 17 + i for i in range(e.episodes)]
-    jobs: list[tuple[str, str, list[int]]] = [("policy", m, seeds) for m in e.modes] + [
-        (b, b, seeds) for b in e.baselines
-    ]
+    jobs = [(name, m) for name in policies for m in e.modes] + [(b, b) for b in e.baselines]
     chunks = max(1, min(e.episodes, e.workers))
     remote = ray.remote(num_cpus=e.cpus_per_worker)(play_episodes)
     refs = []
-    for player, mode, sd in jobs:
+    for name, mode in jobs:
+        p = policies.get(name)
         for c in range(chunks):
-            part = sd[c::chunks]
-            if part:
-                video = e.video_steps if (player == "policy" and mode == e.modes[0] and c == 0) else 0
-                refs.append(
-                    (
-                        (player, mode),
-                        remote.remote(
-                            player, mode, part, env_cfg, pol.path, pol.frames.to_json(), e.epsilon, video
-                        ),
-                    )
-                )
+            part = seeds[c::chunks]
+            if not part:
+                continue
+            video = e.video_steps if (name == "policy" and mode == e.modes[0] and c == 0) else 0
+            args = (
+                ("policy", mode, part, env_cfg, p.path, p.frames.to_json())
+                if p
+                else (name, name, part, env_cfg, None, None)
+            )
+            refs.append((f"{name}/{mode}" if p else name, remote.remote(*args, e.epsilon, video)))
     report = EvalReport(pol.path, game)
-    for (player, mode), ref in refs:
-        name = f"policy/{mode}" if player == "policy" else player
+    for name, ref in refs:
         report.players.setdefault(name, []).extend(ray.get(ref))
     for eps in report.players.values():
         eps.sort(key=lambda x: x["seed"])

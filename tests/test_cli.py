@@ -166,10 +166,33 @@ def test_wrong_credentials_are_named(strict_s3, tmp_path):
 
 
 def test_pipeline_records_then_skips(ray_session, tmp_path, capsys):
-    args = ["pipeline", "--config", SMOKE, "--set", f"run.dir={tmp_path}", "--set", "record.episodes=2"]
+    args = [
+        "pipeline",
+        "--config",
+        SMOKE,
+        "--set",
+        f"run.dir={tmp_path}",
+        "--set",
+        "record.episodes=2",
+        "--stages",
+        "record",
+        "report",
+    ]
     assert main(args) == 0
     first = capsys.readouterr()
     assert "[record] running" in first.err and "recorded 2 episodes" in first.out
-    assert os.path.exists(tmp_path / "inspect" / "contact_sheet.png")
+    assert (tmp_path / "report.md").exists()
     assert main(args) == 0
-    assert "[record] output exists, skipping" in capsys.readouterr().err
+    assert "[record] output exists" in capsys.readouterr().err
+
+
+def test_failed_stage_says_which_and_how_to_resume(tmp_path):
+    p = run_cli("pipeline", "--config", SMOKE, "--set", f"run.dir={tmp_path}", "--stages", "pretrain")
+    assert p.returncode == 1
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("rayapp")]
+    assert len(errors) == 1 and "Traceback" not in p.stderr, p.stderr
+    line = errors[0]
+    assert (
+        "stage 'pretrain' failed: no replay dataset at" in line
+        and "rerun the same command: finished stages are skipped" in line
+    )

@@ -13,7 +13,7 @@ from conftest import SMOKE
 
 from rayapp.errors import RayappError
 from rayapp.replay.record import record
-from rayapp.rl.finetune import build_algorithm, finetune, init_policy, load_into, module_state
+from rayapp.rl.finetune import build_algorithm, finetune, init_policy, load_into, module_state, q_spec
 from rayapp.rl.offline import demo_episodes
 from rayapp.train.bc import pretrain
 
@@ -165,7 +165,8 @@ def test_finetune_end_to_end_and_resume_from_the_same_step(bc_run, tmp_path):
     # restore the RLlib checkpoint and continue: the step count carries on from where it stopped
     from rayapp.rl.algorithm import DQfD
 
-    algo = build_algorithm(cfg, init_policy(cfg).spec, init_policy(cfg).frames)
+    pol = init_policy(cfg)
+    algo = build_algorithm(cfg, q_spec(cfg, pol.spec), pol.frames)  # the same Q-network finetune built
     try:
         algo.restore_from_path(str(run / "finetune" / "rllib"))
         from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME

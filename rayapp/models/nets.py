@@ -29,6 +29,7 @@ class ModelSpec:
     arch: str = "cnn"  # "cnn" or "cnn_lstm"
     hidden: int = 512
     lstm_hidden: int = 256
+    dueling: bool = False  # outputs V(s) + A(s, a) - mean_a A(s, a); A is the head BC trains
 
     @property
     def recurrent(self) -> bool:
@@ -48,11 +49,12 @@ class ModelSpec:
             arch=d.get("arch", "cnn"),
             hidden=int(d.get("hidden", 512)),
             lstm_hidden=int(d.get("lstm_hidden", 256)),
+            dueling=bool(d.get("dueling", False)),
         )
 
     def describe(self) -> str:
         heads = ", ".join(f"{n}:{k}" for n, k in self.controls)
-        return f"{self.arch} on {'x'.join(map(str, self.input_shape))} inputs, heads [{heads}]"
+        return f"{self.arch}{' (dueling)' if self.dueling else ''} on {'x'.join(map(str, self.input_shape))} inputs, heads [{heads}]"
 
 
 def _conv_out(shape: tuple[int, int, int], net: nn.Module) -> int:
@@ -107,6 +109,19 @@ class PolicyNetwork(nn.Module):
             self.lstm = nn.LSTM(spec.hidden, spec.lstm_hidden, batch_first=True)
             features = spec.lstm_hidden
         self.heads = nn.ModuleList(nn.Linear(features, n) for _, n in spec.controls)
+        self.value = None
+        if spec.dueling:
+            # starts at zero: a network made dueling from a BC checkpoint acts exactly as BC did
+            self.value = nn.Linear(features, 1)
+            nn.init.zeros_(self.value.weight)
+            nn.init.zeros_(self.value.bias)
+
+    def _outputs(self, z: torch.Tensor) -> list[torch.Tensor]:
+        outs = [h(z) for h in self.heads]
+        if self.value is None:
+            return outs
+        v = self.value(z)
+        return [v + a - a.mean(-1, keepdim=True) for a in outs]
 
     def features(self, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Encoder (+ LSTM) output: (B, F), or (B, T, F) and the new state for the recurrent net."""
@@ -122,12 +137,12 @@ class PolicyNetwork(nn.Module):
     ) -> list[torch.Tensor]:
         """One output tensor per control: (B, n) logits/Q-values, or (B, T, n) for the recurrent net."""
         z, _ = self.features(obs, state)
-        return [h(z) for h in self.heads]
+        return self._outputs(z)
 
     def step(self, obs: torch.Tensor, state=None):
         """Outputs and the new recurrent state (the player and evaluation call this step by step)."""
         z, state = self.features(obs, state)
-        return [h(z) for h in self.heads], state
+        return self._outputs(z), state
 
 
 def build_model(spec: ModelSpec) -> PolicyNetwork:

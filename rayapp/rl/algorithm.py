@@ -38,13 +38,27 @@ class DQfD(DQN):
             capacity=int(extra.get("demo_capacity", 1_000_000)),
             alpha=self.config.replay_buffer_config.get("alpha", 0.6),
         )
+        self._demo_counts: dict[int, int] = {}
+        self._action_weight: dict[int, float] = {}
         self.clock = 0.0  # drives target-network syncs
         self.updates = 0
         self._owed = 0.0
 
     # ---- demonstrations --------------------------------------------------------------------------
     def add_demos(self, episodes: list) -> int:
+        """Add demonstrations; rare demonstrated actions get their priorities raised (see update)."""
         self.demo_buffer.add(episodes)
+        counts: dict[int, int] = {}
+        for e in episodes:
+            for a in e.get_actions():
+                counts[int(a)] = counts.get(int(a), 0) + 1
+        for a, n in counts.items():
+            self._demo_counts[a] = self._demo_counts.get(a, 0) + n
+        power = float(self.config.learner_config_dict.get("demo_action_balance", 0.0))
+        total = sum(self._demo_counts.values())
+        raw = {a: (n / total) ** -power for a, n in self._demo_counts.items()}
+        mean = sum(raw[a] * n / total for a, n in self._demo_counts.items())
+        self._action_weight = {a: w / mean for a, w in raw.items()}
         return self.demo_buffer.get_num_timesteps()
 
     @property
@@ -68,11 +82,13 @@ class DQfD(DQN):
         extra = self.config.learner_config_dict
         parts, episodes = [], []
         if n_demo:
-            episodes += self._sample(self.demo_buffer, n_demo, 1.0)
-            parts.append((self.demo_buffer, n_demo, float(extra.get("demo_priority_bonus", 0.0))))
+            demo = self._sample(self.demo_buffer, n_demo, 1.0)
+            scale = np.array([self._action_weight.get(int(e.get_actions()[0]), 1.0) for e in demo])
+            episodes += demo
+            parts.append((self.demo_buffer, n_demo, float(extra.get("demo_priority_bonus", 0.0)), scale))
         if n_online:
             episodes += self._sample(self.local_replay_buffer, n_online, 0.0)
-            parts.append((self.local_replay_buffer, n_online, 0.0))
+            parts.append((self.local_replay_buffer, n_online, 0.0, 1.0))
         self.clock += clock_step
         results = self.learner_group.update(
             episodes=episodes, timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: int(self.clock)}
@@ -81,8 +97,11 @@ class DQfD(DQN):
             [np.concatenate(convert_to_numpy(r["default_policy"].pop(TD_ERROR_KEY).peek())) for r in results]
         )
         offset = 0
-        for buffer, n, bonus in parts:
-            buffer.update_priorities(np.abs(td[offset : offset + n]) + bonus)
+        for buffer, n, bonus, scale in parts:
+            # a demonstration's priority is scaled by its action's rarity: the few steps where the
+            # teacher pressed FIRE are otherwise sampled so seldom that TD updates on the common ones
+            # erase FIRE's lead over NOOP (measured: FIRE recall 0.84 -> 0.35 in 1,000 updates)
+            buffer.update_priorities((np.abs(td[offset : offset + n]) + bonus) * scale)
             offset += n
         self.metrics.aggregate(results, key=LEARNER_RESULTS)
         self.updates += 1

@@ -12,6 +12,7 @@ algorithm's checkpoint: rerunning resumes from it), `policies/<step>/` (exported
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -68,6 +69,11 @@ class _ScoreCallback:
             metrics_logger.log_value("episode_score", float(info["episode_score"]), window=20)
 
 
+def q_spec(cfg: Config, spec: ModelSpec) -> ModelSpec:
+    """The Q-network's spec for a BC network: the same layers, plus a value head when `finetune.dueling`."""
+    return dataclasses.replace(spec, dueling=cfg.finetune.dueling or spec.dueling)
+
+
 def build_algorithm(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None = None):
     """The DQfD algorithm with rayapp's Q-module, env, learner and the config's settings."""
     from ray.rllib.algorithms.dqn import DQNConfig
@@ -110,6 +116,7 @@ def build_algorithm(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int |
                 "demo_ratio": f.demo_ratio,
                 "updates_per_env_step": f.updates_per_env_step,
                 "demo_priority_bonus": f.demo_priority_bonus,
+                "demo_action_balance": f.demo_action_balance,
             },
         )
         .training(
@@ -155,9 +162,15 @@ def module_state(algo) -> dict[str, np.ndarray]:
 
 
 def load_into(algo, state: dict[str, Any]) -> None:
-    """Put PolicyNetwork weights into the Q-network and the target network, and the env runners."""
+    """Put PolicyNetwork weights into the Q-network and the target network, and the env runners.
+
+    A dueling Q-network keeps its value head (zero at the start) when the weights come from a
+    network without one: Q(s, .) starts as the BC logits, centred, and acts as BC did."""
     weights = algo.learner_group.get_weights()
     mod = weights["default_policy"]
+    missing = [k[len("net.") :] for k in mod if k.startswith("net.") and k[len("net.") :] not in state]
+    if any(not k.startswith("value.") for k in missing):
+        raise RayappError(f"the BC network lacks weights the Q-module needs: {missing[:5]}")
     for k, v in state.items():
         v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
         for prefix in ("net.", "_target_net."):
@@ -212,7 +225,7 @@ def _value(result: dict, *path: str, default: Any = None) -> Any:
     return result
 
 
-def finetune(cfg: Config) -> FinetuneResult:
+def finetune(cfg: Config, on_eval: Any = None) -> FinetuneResult:
     from rayapp.envs.atari import action_controls, game_name, make_atari_env
     from rayapp.rl.offline import DemoStats, demo_episodes
     from rayapp.train.bc import check_compatible
@@ -228,7 +241,7 @@ def finetune(cfg: Config) -> FinetuneResult:
     if len(controls) != 1:
         raise RayappError("DQN fine-tuning needs one discrete control")
     if pol is not None:
-        frames, spec = pol.frames, pol.spec
+        frames, spec = pol.frames, q_spec(cfg, pol.spec)
         env_spec = ModelSpec(
             frames.input_shape(obs_shape),
             ((controls[0].name, controls[0].n),),
@@ -446,11 +459,19 @@ def finetune(cfg: Config) -> FinetuneResult:
             bar.close()
         if f.online_steps:
             algo.save_to_path(rllib_dir.path if rllib_dir.is_local else rllib_dir.uri)
-        final = evaluate_point(steps, "final") if (f.online_steps or f.offline_updates) else result.curve[-1]
+        if f.online_steps or not result.curve:
+            final = evaluate_point(steps, "final")
+        else:  # offline only: the policy after the offline phase is the final one
+            final = result.curve[-1]
         result.final_policy = final["policy"]
         if not f.eval_episodes:
             write_best(cfg.run.dir, "finetune", final["policy"], {"env_steps": steps, "phase": "final"})
         result.policy = best["policy"] or final["policy"]
+        from rayapp.storage import write_bytes_atomic
+
+        summary = {"policy": result.policy, "final_policy": result.final_policy, "env_steps": steps, "updates": algo.updates,
+                   "demo": result.demo, "curve": [{k: p[k] for k in ("env_steps", "phase", "mean", "std")} for p in result.curve]}  # fmt: skip
+        write_bytes_atomic(folder.join("result.json"), (json.dumps(summary, indent=2) + "\n").encode())
     finally:
         logger.close()
         algo.stop()

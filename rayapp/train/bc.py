@@ -294,7 +294,7 @@ def _storage(run_dir: str):
     return loc.path, loc.fs, f"{loc.scheme}://"
 
 
-def pretrain(cfg: Config) -> PretrainResult:
+def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -384,7 +384,7 @@ def pretrain(cfg: Config) -> PretrainResult:
                 checkpoint_score_attribute=score,
                 checkpoint_score_order="max",
             ),
-            callbacks=[ReportCallback(folder.uri, p.epochs, spec.to_json())],
+            callbacks=[ReportCallback(folder.uri, p.epochs, spec.to_json()), *(callbacks or [])],
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )

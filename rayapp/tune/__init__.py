@@ -1,0 +1,3 @@
+"""Ray Tune sweeps over behaviour-cloning and DQN hyperparameters."""
+
+__all__ = ["sweep"]

@@ -1,0 +1,249 @@
+"""Deployment: versions agree across pyproject/Docker/KubeRay, manifests are sound, the job entry
+points document themselves, and the smoke pipeline runs through `ray job submit` on a real head."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECK_KUBERAY = ROOT.parent / "shared" / "tools" / "check-kuberay"
+
+
+def ray_pin() -> str:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (ray_dep,) = [d for d in deps if d.startswith("ray[")]
+    return ray_dep.split("==")[1]
+
+
+def manifests():
+    for path in sorted((ROOT / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                yield path.name, doc
+
+
+def containers(doc):
+    spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+    groups = [("head", spec["headGroupSpec"])] + [
+        (g["groupName"], g) for g in spec.get("workerGroupSpecs", [])
+    ]
+    for name, g in groups:
+        for c in g["template"]["spec"]["containers"]:
+            yield name, c
+
+
+def test_ray_version_agrees_everywhere():
+    import ray
+
+    pin = ray_pin()
+    assert ray.__version__ == pin
+    tags = [
+        line.split()[1]
+        for f in (ROOT / "docker").glob("Dockerfile.*")
+        for line in f.read_text().splitlines()
+        if line.startswith("FROM ")
+    ]
+    assert sorted(tags) == [f"rayproject/ray:{pin}-py311", f"rayproject/ray:{pin}-py311-gpu"]
+    versions = set()
+    for _name, doc in manifests():
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        versions.add(spec["rayVersion"])
+    assert versions == {pin}
+
+
+def test_manifests_keep_secrets_out_and_resources_in():
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    kinds = set()
+    for name, doc in manifests():
+        kinds.add(doc["kind"])
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        assert spec["headGroupSpec"]["serviceType"] == "ClusterIP", (
+            f"{name}: the dashboard must not leave the cluster"
+        )
+        gpu_groups = 0
+        for group, c in containers(doc):
+            res = c["resources"]
+            assert res.get("requests") and res.get("limits"), f"{name} {group}: requests and limits"
+            assert {"name": "rayapp-s3"} in [e["secretRef"] for e in c.get("envFrom", []) if "secretRef" in e]
+            for env in c.get("env", []):
+                assert not env["name"].startswith("AWS_") or "valueFrom" in env, (
+                    f"{name}: inline credentials {env['name']}"
+                )
+            assert re.fullmatch(rf"rayapp:{re.escape(version)}-(cpu|gpu)", c["image"]), c["image"]
+            if "nvidia.com/gpu" in res["limits"]:
+                gpu_groups += 1
+                assert c["image"].endswith("-gpu")
+        if doc["kind"] == "RayCluster":
+            assert gpu_groups >= 1 and any(g["groupName"] == "cpu" for g in spec["workerGroupSpecs"])
+        else:
+            assert doc["spec"]["entrypoint"].startswith("python jobs/")
+    assert kinds == {"RayCluster", "RayJob"}
+    # no Secret objects (or their data) live in the repo: the README tells users to create rayapp-s3 themselves
+    docs = [d for p in (ROOT / "k8s").glob("*.yaml") for d in yaml.safe_load_all(p.read_text()) if d]
+    assert not [d for d in docs if d.get("kind") == "Secret" or "stringData" in d or "data" in d]
+
+
+@pytest.mark.skipif(
+    not CHECK_KUBERAY.exists(),
+    reason="../shared/tools/check-kuberay is not beside this checkout (.ci/run runs it when it is)",
+)
+def test_manifests_pass_kuberay_schema_check():
+    p = subprocess.run(
+        [sys.executable, str(CHECK_KUBERAY), *map(str, sorted((ROOT / "k8s").glob("*.yaml")))],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_images_carry_no_secrets_and_ignore_local_state():
+    for f in (ROOT / "docker").glob("Dockerfile.*"):
+        text = f.read_text()
+        assert not re.search(r"^(ENV|ARG)\s+.*AWS_", text, re.M), f"{f.name}: credentials in the image"
+        assert "pip install --no-cache-dir torch==" in text
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".venv/", ".git/", "runs/", ".env"):
+        assert entry in ignored
+
+
+@pytest.mark.parametrize("name", ["pipeline", "pretrain", "finetune", "sweep"])
+def test_job_entry_points_document_themselves(name):
+    text = (ROOT / "jobs" / f"{name}.py").read_text()
+    assert "How to run" in text and "Results to expect" in text
+    assert "ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\" in text
+    assert f"python jobs/{name}.py --config" in text
+    p = subprocess.run(
+        [sys.executable, f"jobs/{name}.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0 and "--config" in p.stdout
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real head started with `ray start --head --block` from this virtual environment (token auth on).
+
+    The head runs in its own process group and is stopped by signalling that group: `ray stop` would
+    also kill every other Ray instance on the machine (the test session's own, a benchmark's)."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must stay under 107 chars
+    dash = _free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    log = open(tmp_path / "ray-start.log", "w")
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", f"--dashboard-port={dash}",
+         "--dashboard-host=127.0.0.1", "--num-cpus=4", f"--temp-dir={temp}", "--include-dashboard=true",
+         "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 180
+        while _job(ray_bin, address, env, "list", timeout=60).returncode != 0:
+            assert head.poll() is None, (tmp_path / "ray-start.log").read_text()
+            assert time.time() < deadline, "the head did not come up in 180 s"
+            time.sleep(2)
+        yield ray_bin, address, env
+    finally:
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(head.pid, sig)
+                head.wait(wait)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        try:  # daemons that outlived `ray start` (raylet, GCS, dashboard) share its process group
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _job(ray_bin, address, env, *args, timeout=120):
+    return subprocess.run(
+        [ray_bin, "job", args[0], "--address", address, *args[1:]],  # before any `--` of the entrypoint
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def _wait(ray_bin, address, env, job_id, timeout):
+    deadline = time.time() + timeout
+    status = ""
+    while time.time() < deadline:
+        p = _job(ray_bin, address, env, "status", job_id)
+        # `ray job status` prints "Status for job '...': RUNNING" while it runs, then "Job '...' succeeded/failed"
+        out = p.stdout + p.stderr
+        m = re.search(r"Job '\w+' (succeeded|failed|was stopped)", out) or re.search(
+            r": (PENDING|RUNNING)", out
+        )
+        status = m.group(1).upper().replace("WAS ", "") if m else status
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(3)
+    return status
+
+
+def test_smoke_pipeline_through_ray_job_submit(ray_head, tmp_path):
+    ray_bin, address, env = ray_head
+    run = tmp_path / "run"
+    # a config that does not validate fails before any Ray work, with the same one-line message
+    bad = _job(ray_bin, address, env, "submit", "--no-wait", "--working-dir", ".", "--",
+               "python", "jobs/pipeline.py", "--config", "configs/smoke.yaml", "--set", "record.episdes=2")  # fmt: skip
+    bad_id = re.search(r"(raysubmit_\w+)", bad.stdout + bad.stderr).group(1)
+    assert _wait(ray_bin, address, env, bad_id, 120) == "FAILED"
+    logs = _job(ray_bin, address, env, "logs", bad_id).stdout
+    assert (
+        "rayapp pipeline: error: --set: unknown config key 'record.episdes' (did you mean 'record.episodes'?)"
+        in logs
+    )
+    assert "Traceback" not in logs and "[record] running" not in logs
+
+    sub = _job(ray_bin, address, env, "submit", "--no-wait", "--working-dir", ".", "--",
+               "python", "jobs/pipeline.py", "--config", "configs/smoke.yaml", "--set", f"run.dir={run}")  # fmt: skip
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    job_id = re.search(r"(raysubmit_\w+)", sub.stdout + sub.stderr).group(1)
+    status = _wait(ray_bin, address, env, job_id, 900)
+    logs = _job(ray_bin, address, env, "logs", job_id).stdout
+    assert status == "SUCCEEDED", logs[-3000:]
+    for stage in ("record", "pretrain", "finetune", "evaluate", "report"):
+        assert f"[{stage}] running" in logs
+    report = (run / "report.md").read_text()
+    assert (
+        "| scripted teacher |" in report
+        and "| random |" in report
+        and "| BC agent |" in report
+        and "| fine-tuned agent |" in report
+    )
+    for img in (
+        "eval/scores.png",
+        "eval/gameplay.gif",
+        "report/pretrain.png",
+        "report/confusion.png",
+        "report/finetune.png",
+    ):
+        assert (run / img).exists(), img
+        assert f"({img})" in report
