@@ -120,6 +120,29 @@ class SweepResult:
         return "\n".join(lines)
 
 
+def _check_validation_split(cfg: Config, metric: str) -> None:
+    """Trials rank by a validation metric: fail before Ray when the dataset has no validation split
+    (Tune would otherwise stop the whole sweep at the first result that lacks the metric)."""
+    from rayapp.data.index import DatasetIndex
+    from rayapp.replay import ReplayDataset
+
+    d = cfg.data
+    index = DatasetIndex.build(
+        ReplayDataset(cfg.data_uri),
+        d.label,
+        d.val_fraction,
+        d.test_fraction,
+        d.split_seed,
+        d.max_corrupt_shards,
+    )
+    if not index.episodes("val"):
+        raise ConfigError(
+            f"sweep.metric={metric} needs a validation split, but none of the {len(index.episode_split)} "
+            f"episodes of {cfg.data_uri} falls in it (data.val_fraction={d.val_fraction}): record more "
+            "episodes or raise data.val_fraction"
+        )
+
+
 def sweep(cfg: Config) -> SweepResult:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -136,6 +159,8 @@ def sweep(cfg: Config) -> SweepResult:
     runs_dir = run.join("sweep", "runs").uri
     from rayapp.runs import save_resolved_config
 
+    if sw.stage == "pretrain" and metric.startswith("val/"):
+        _check_validation_split(cfg, metric)
     save_resolved_config(cfg, "sweep")
     init_ray(cfg.ray)
     resources = {"cpu": sw.trial_cpus}
