@@ -136,6 +136,10 @@ class RecordConfig:
     steps: int = opt(0, "stop after this many steps in all, finishing the episodes in progress (0: no limit)")
     collectors: int = opt(2, "collector actors recording in parallel into the same dataset")
     collector_cpus: float = opt(1.0, "CPUs reserved per collector actor")
+    collector_resources: dict = opt(
+        {},
+        "custom Ray resources per collector, e.g. {game_pc: 1} to record on game PCs that joined the cluster",
+    )
     max_collector_restarts: int = opt(2, "collectors that may die (and be replaced) before recording stops")
     append: bool = opt(False, "add episodes to an existing dataset instead of refusing to touch it")
     encoding: Literal["auto", "raw", "jpeg"] = opt(
@@ -221,7 +225,9 @@ class FinetuneConfig:
         "Q = V(s) + A(s, a) - mean A: A starts as the BC head, V at zero, so TD fits values without first reordering actions",
     )
     clip_rewards: bool = opt(True, "rewards to their sign, as DQN on Atari does (scores are reported raw)")
-    lr: float = opt(6.25e-5, "Adam learning rate (Rainbow's and DQfD's; 1e-4 erodes the BC policy faster offline)")
+    lr: float = opt(
+        6.25e-5, "Adam learning rate (Rainbow's and DQfD's; 1e-4 erodes the BC policy faster offline)"
+    )
     gamma: float = opt(0.99, "discount per step")
     n_step: int = opt(3, "n-step returns")
     batch_size: int = opt(32, "transitions per learner update")
@@ -254,6 +260,9 @@ class FinetuneConfig:
         16, "vectorised envs per env runner (batched inference: 16 amortise RLlib's per-call cost)"
     )
     cpus_per_env_runner: float = opt(1.0, "CPUs per env runner")
+    env_runner_resources: dict = opt(
+        {}, "custom Ray resources per env runner, e.g. {game_pc: 1} to collect rollouts on game PCs"
+    )
     rollout_fragment_length: int = opt(8, "steps per env per sample call")
     steps_per_iteration: int = opt(
         1000, "env steps per algorithm iteration (one metrics row, at least one sample call)"
@@ -350,6 +359,11 @@ class Config:
             raise ConfigError(f"record.epsilon must be in [0, 1], got {r.epsilon}")
         if r.collectors < 1:
             raise ConfigError(f"record.collectors must be >= 1, got {r.collectors}")
+        for key, res in (("record.collector_resources", r.collector_resources),
+                         ("finetune.env_runner_resources", self.finetune.env_runner_resources)):  # fmt: skip
+            for name, amount in res.items():
+                if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+                    raise ConfigError(f"{key}.{name} must be a number of resources >= 0, got {amount!r}")
         if r.policy == "checkpoint" and not r.checkpoint:
             raise ConfigError(
                 "record.policy=checkpoint needs record.checkpoint (a run folder or checkpoint folder)"

@@ -40,3 +40,18 @@ def cluster_nodes() -> int:
     import ray
 
     return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def require_resources(resources: dict, key: str) -> None:
+    """Fail fast when no node offers a custom resource a stage asks for (Ray would wait forever)."""
+    if not resources:
+        return
+    import ray
+
+    have = ray.cluster_resources()
+    for name, amount in resources.items():
+        if float(amount) > 0 and have.get(name, 0.0) < float(amount):
+            raise RayappError(
+                f"{key}: no node of this Ray cluster offers {amount} {name!r} (it has {have.get(name, 0.0)}); "
+                f"start the game PCs with `ray start --address=<head>:6379 --resources='{{\"{name}\": 1}}'`"
+            )

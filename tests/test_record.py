@@ -11,6 +11,7 @@ import pytest
 from rayapp.config import config_to_dict
 from rayapp.envs.atari import make_atari_env
 from rayapp.envs.policies import make_policy
+from rayapp.errors import RayappError
 from rayapp.replay import ReplayDataset
 from rayapp.replay.dataset import create_dataset
 from rayapp.replay.inspect import inspect_dataset
@@ -198,3 +199,22 @@ def test_teacher_beats_random_by_a_wide_margin():
     assert teacher.mean() >= 20
     assert teacher.mean() >= 8 * max(rand.mean(), 1.0)
     assert teacher.min() > rand.max()
+
+
+def test_collectors_go_where_the_custom_resource_is(ray_session, smoke_cfg):
+    # game PCs join the cluster with a custom resource; collectors ask for it. On this one-node
+    # cluster the head's built-in resource stands in for it: the request reaches Ray and is met.
+    cfg = smoke_cfg(
+        "record.episodes=1",
+        "record.collectors=1",
+        "record.collector_resources={node:__internal_head__: 0.01}",
+    )
+    assert len(record(cfg, show_progress=False).episodes) == 1
+    # a resource no node offers fails at once, naming it, before anything is written
+    cfg = smoke_cfg("record.episodes=1", "record.collectors=1", "record.collector_resources={game_pc: 1}")
+    cfg.data.uri = cfg.data_uri + "-gamepc"
+    with pytest.raises(
+        RayappError, match=r"record.collector_resources: no node .* 'game_pc'.*ray start --address"
+    ):
+        record(cfg, show_progress=False)
+    assert not os.path.exists(cfg.data.uri)

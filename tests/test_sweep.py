@@ -88,5 +88,7 @@ def test_sweep_survives_a_crashing_trial_saves_the_best_and_resumes(sweep_data, 
     capsys.readouterr()
     again = sweep(cfg)
     assert "resuming the sweep" in capsys.readouterr().out
-    assert len(again.trials) == 4 and {t["trial_id"] for t in again.trials} == {t["trial_id"] for t in result.trials}
+    assert len(again.trials) == 4 and {t["trial_id"] for t in again.trials} == {
+        t["trial_id"] for t in result.trials
+    }
     assert again.best["value"] == best["value"]  # finished trials are not rerun (ties may swap the pick)

@@ -26,7 +26,7 @@ from rayapp.replay.dataset import create_dataset, write_session
 from rayapp.replay.schema import DatasetInfo
 from rayapp.replay.writer import ReplayWriter
 from rayapp.runs import save_resolved_config
-from rayapp.runtime import cluster_nodes, init_ray
+from rayapp.runtime import cluster_nodes, init_ray, require_resources
 from rayapp.storage import resolve
 
 __all__ = ["Collector", "RecordSummary", "record", "RECORDED_EXTRAS"]
@@ -160,6 +160,9 @@ def record(cfg: Config, show_progress: bool = True) -> RecordSummary:
     info.recorded_by = {"policy": r.policy, "epsilon": r.epsilon if noisy else 0.0, "session": session}
     if r.policy == "checkpoint":
         info.recorded_by["checkpoint"] = r.checkpoint
+    if r.collector_resources:  # collectors bound for game PCs: check they are there before touching data
+        init_ray(cfg.ray)
+        require_resources(r.collector_resources, "record.collector_resources")
     info = create_dataset(loc, info, append=r.append)  # storage problems surface here, before Ray starts
     save_resolved_config(cfg, "record")
     init_ray(cfg.ray)
@@ -179,7 +182,10 @@ def record(cfg: Config, show_progress: bool = True) -> RecordSummary:
         nonlocal spawned
         wid = f"{session}-c{spawned:02d}"
         actor = actor_cls.options(
-            name=f"rayapp-collector-{wid}", num_cpus=r.collector_cpus, max_restarts=0
+            name=f"rayapp-collector-{wid}",
+            num_cpus=r.collector_cpus,
+            resources={k: float(v) for k, v in r.collector_resources.items()} or None,
+            max_restarts=0,
         ).remote(cfg_dict, info_dict, loc.uri, wid, cfg.run.seed * 10_000 + spawned)
         spawned += 1
         return actor, wid

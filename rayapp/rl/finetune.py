@@ -28,7 +28,7 @@ from rayapp.models.checkpoint import PolicyCheckpoint, load_policy, save_policy,
 from rayapp.models.nets import ModelSpec, build_model
 from rayapp.progress import Progress
 from rayapp.runs import save_resolved_config
-from rayapp.runtime import init_ray
+from rayapp.runtime import init_ray, require_resources
 from rayapp.storage import exists, resolve
 
 __all__ = ["FinetuneResult", "finetune", "build_algorithm", "export_policy", "evaluate_greedy", "init_policy"]
@@ -101,6 +101,7 @@ def build_algorithm(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int |
             num_envs_per_env_runner=f.envs_per_env_runner,
             rollout_fragment_length=f.rollout_fragment_length,
             num_cpus_per_env_runner=f.cpus_per_env_runner,
+            custom_resources_per_env_runner={k: float(v) for k, v in f.env_runner_resources.items()},
             # the replay buffer takes list-based episodes as they are: stacking each fragment into
             # arrays in the env runner cost ~8% of its time (fresh 250 KB arrays page-fault here)
             episodes_to_numpy=False,
@@ -307,6 +308,7 @@ def finetune(cfg: Config, on_eval: Any = None) -> FinetuneResult:
             )
     save_resolved_config(cfg, "finetune")
     init_ray(cfg.ray)
+    require_resources(f.env_runner_resources, "finetune.env_runner_resources")
     algo = build_algorithm(cfg, spec, frames)
     rllib_dir = folder.join("rllib")
     resumed = False
