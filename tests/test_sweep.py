@@ -92,3 +92,43 @@ def test_sweep_survives_a_crashing_trial_saves_the_best_and_resumes(sweep_data, 
         t["trial_id"] for t in result.trials
     }
     assert again.best["value"] == best["value"]  # finished trials are not rerun (ties may swap the pick)
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_where_it_stopped(sweep_data, tmp_path):
+    """`rayapp sweep` killed (SIGKILL, its own local Ray with it) after the first trial finished;
+    the same command again restores the experiment, keeps the finished trial and runs the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import SMOKE
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rayapp.cli", "sweep", "--config", SMOKE, "--set", f"run.dir={run}",
+           "--set", f"data.uri={sweep_data}", "--set", "sweep.space={pretrain.lr: {grid: [3.0e-4, 1.0e-3, 3.0e-3]}}",
+           "--set", "sweep.scheduler=fifo", "--set", "sweep.num_samples=1", "--set", "pretrain.num_workers=1",
+           "--set", "pretrain.batch_size=64"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
+    first = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 600
+    try:
+        while not list((run / "sweep").glob("*/result.json")) or not any(
+            p.read_text().strip() for p in (run / "sweep").glob("*/result.json")
+        ):
+            assert first.poll() is None, "the sweep ended before it could be interrupted"
+            assert time.time() < deadline
+            time.sleep(2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "resuming the sweep" in again.stdout
+    best = json.loads((run / "sweep" / "best.json").read_text())
+    trials = [p.parent.name for p in (run / "sweep").glob("*/result.json")]
+    assert len(trials) == 3 and best["trial_id"] in trials
