@@ -3,8 +3,9 @@
 How to run
     Locally, after `pretrain` in the same run folder:
         python jobs/finetune.py --config configs/quickstart.yaml
-    On a Ray cluster, env runners on other nodes (game PCs: give them a custom resource and set
-    finetune.num_env_runners to their count):
+    On a Ray cluster, env runners on other nodes (game PCs join with
+    `ray start --address=<head>:6379 --resources='{"game_pc": 1}'`; add
+    --set 'finetune.env_runner_resources={game_pc: 1}' and set finetune.num_env_runners to their count):
         ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
             python jobs/finetune.py --config configs/quickstart.yaml --set run.dir=s3://runs/bc \\
             --set finetune.num_env_runners=4 --set finetune.use_gpu=true

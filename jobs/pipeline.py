@@ -9,9 +9,10 @@ How to run
     Ray 2.60 clusters use token authentication: run the client with RAY_AUTH_MODE=token.
 
 Results to expect
-    configs/quickstart.yaml on a 2-core laptop: about 20 minutes; `<run.dir>/report.md` shows the
-    teacher (~55 points on Breakout), random (~1.5), the BC agent (~0.9x the teacher) and the
-    fine-tuned agent, with learning curves, the action confusion and a gameplay GIF.
+    configs/quickstart.yaml on a 2-core laptop: about 13 minutes; `<run.dir>/report.md` shows the
+    teacher (~58 points on Breakout), random (~1.4), the BC agent (~40-50, 0.7-0.9x the teacher)
+    and the fine-tuned agent (about the BC level after its short online phase), with learning
+    curves, the action confusion and a gameplay GIF.
     configs/smoke.yaml: about 2 minutes, tiny numbers; it checks the path, not the quality.
     Rerunning skips finished stages; a failed stage says which one and how to resume.
 """

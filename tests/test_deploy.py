@@ -151,7 +151,9 @@ def ray_head(tmp_path):
     log = open(tmp_path / "ray-start.log", "w")
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=4", f"--temp-dir={temp}", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", "--num-cpus=4",
+         # the test session's own Ray already holds the agent's default port (52365)
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}", f"--temp-dir={temp}", "--include-dashboard=true",
          "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
@@ -180,14 +182,20 @@ def ray_head(tmp_path):
 
 
 def _job(ray_bin, address, env, *args, timeout=120):
-    return subprocess.run(
-        [ray_bin, "job", args[0], "--address", address, *args[1:]],  # before any `--` of the entrypoint
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
+    deadline = time.time() + timeout
+    while True:
+        p = subprocess.run(
+            [ray_bin, "job", args[0], "--address", address, *args[1:]],  # before any `--` of the entrypoint
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
+        # a fresh head answers `ray job list` a little before its dashboard agent takes submissions
+        if "No available agent to submit job" not in p.stdout + p.stderr or time.time() > deadline:
+            return p
+        time.sleep(3)
 
 
 def _wait(ray_bin, address, env, job_id, timeout):
@@ -213,6 +221,7 @@ def test_smoke_pipeline_through_ray_job_submit(ray_head, tmp_path):
     # a config that does not validate fails before any Ray work, with the same one-line message
     bad = _job(ray_bin, address, env, "submit", "--no-wait", "--working-dir", ".", "--",
                "python", "jobs/pipeline.py", "--config", "configs/smoke.yaml", "--set", "record.episdes=2")  # fmt: skip
+    assert re.search(r"raysubmit_", bad.stdout + bad.stderr), (bad.stdout + bad.stderr)[-2000:]
     bad_id = re.search(r"(raysubmit_\w+)", bad.stdout + bad.stderr).group(1)
     assert _wait(ray_bin, address, env, bad_id, 120) == "FAILED"
     logs = _job(ray_bin, address, env, "logs", bad_id).stdout

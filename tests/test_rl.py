@@ -70,7 +70,11 @@ def test_offline_phase_learns_from_demonstrations(bc_run):
     target network held fixed, so the targets stand still) and make the greedy action agree with the
     demonstrations far more than the majority class would."""
     cfg = cfg_for(
-        bc_run, "finetune.init_checkpoint=none", "finetune.lr=1e-3", "finetune.target_update_steps=100000000"
+        bc_run,
+        "finetune.init_checkpoint=none",
+        "finetune.lr=1e-3",
+        "finetune.target_update_steps=100000000",
+        "finetune.margin_weight=1",  # the mechanism, not the Breakout-tuned default (5)
     )
     pol = init_policy(cfg)
     assert pol is None
