@@ -75,6 +75,10 @@ def test_offline_phase_learns_from_demonstrations(bc_run):
         "finetune.lr=1e-3",
         "finetune.target_update_steps=100000000",
         "finetune.margin_weight=1",  # the mechanism, not the Breakout-tuned default (5)
+        # uniform sampling: prioritised replay draws the transitions with the largest TD errors, so
+        # the sampled loss would not estimate the loss over the demonstrations
+        "finetune.priority_alpha=0",
+        "finetune.demo_action_balance=0",
     )
     pol = init_policy(cfg)
     assert pol is None
@@ -104,7 +108,7 @@ def test_offline_phase_learns_from_demonstrations(bc_run):
         for _ in range(600):
             res = algo.offline_update()
             losses.append(float(res[0]["default_policy"]["qf_loss"].peek()))
-        assert np.mean(losses[-30:]) < np.mean(losses[:30])
+        assert np.mean(losses[-60:]) < np.mean(losses[:60])
         chance = 1 / len(np.unique(acts))
         print(f"balanced agreement before {before:.3f} after {agreement():.3f} chance {chance:.3f}")
         assert agreement() > max(before, chance) + 0.1, (before, agreement())
