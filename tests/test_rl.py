@@ -40,6 +40,15 @@ def cfg_for(run, *overrides):
     )
 
 
+def algo_from_bc(cfg):
+    """The DQfD algorithm as `finetune` builds it: the BC network (plus its Q-spec), weights, demos."""
+    pol = init_policy(cfg)
+    algo = build_algorithm(cfg, q_spec(cfg, pol.spec), pol.frames)
+    load_into(algo, pol.state_dict)
+    algo.add_demos(list(demo_episodes(cfg.data_uri, pol.frames)))
+    return algo
+
+
 def test_q_module_starts_as_the_bc_network(bc_run):
     cfg = cfg_for(bc_run)
     pol = init_policy(cfg)
@@ -124,11 +133,8 @@ def test_batches_mix_demonstrations_and_online_steps_as_configured(bc_run):
         "finetune.learning_starts=64",
         "finetune.updates_per_env_step=0.25",
     )
-    pol = init_policy(cfg)
-    algo = build_algorithm(cfg, pol.spec, pol.frames)
+    algo = algo_from_bc(cfg)
     try:
-        load_into(algo, pol.state_dict)
-        algo.add_demos(list(demo_episodes(cfg.data_uri, pol.frames)))
         seen = []
         for _ in range(4):
             out = algo.train()
@@ -195,11 +201,8 @@ def test_training_continues_when_an_env_runner_is_killed(bc_run):
         "finetune.cpus_per_env_runner=0.5",
         "finetune.learning_starts=64",
     )
-    pol = init_policy(cfg)
-    algo = build_algorithm(cfg, pol.spec, pol.frames)
+    algo = algo_from_bc(cfg)
     try:
-        load_into(algo, pol.state_dict)
-        algo.add_demos(list(demo_episodes(cfg.data_uri, pol.frames)))
         algo.train()
         (pid,) = algo.env_runner_group.foreach_env_runner(lambda er: os.getpid(), local_env_runner=False)
         os.kill(pid, signal.SIGKILL)
