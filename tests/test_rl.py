@@ -125,7 +125,9 @@ def test_offline_phase_learns_from_demonstrations(bc_run):
         chance = 1 / len(np.unique(acts))
         majority = np.bincount(acts).max() / len(acts)
         recall, accuracy = agreement()
-        print(f"balanced recall {before:.3f} -> {recall:.3f} (chance {chance:.3f}); accuracy {accuracy:.3f} (majority {majority:.3f})")
+        print(
+            f"balanced recall {before:.3f} -> {recall:.3f} (chance {chance:.3f}); accuracy {accuracy:.3f} (majority {majority:.3f})"
+        )
         assert recall > max(before, chance) + 0.05, (before, recall)
         assert accuracy > majority + 0.05, (accuracy, majority)
         assert algo.updates == 600
