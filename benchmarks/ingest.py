@@ -7,7 +7,8 @@ Arms (each delivers the same samples: 210x160 RGB Breakout frames -> gray 84x84 
              processes, batch_size=None, persistent workers, prefetch_factor=4), with the same
              shuffle buffer size implemented in the workers.
   limit      as many plain processes as CPUs, each running the same read/decode/preprocess/stack
-             loop over its share of the tasks, in parallel: what the hardware allows.
+             loop over its share of the tasks, in parallel: what the hardware allows (median of
+             4 passes, 2 before the other arms and 2 after them).
 Each with and without the local shuffle buffer, from local disk and from a loopback S3 server
 (moto). Memory: the peak proportional set size (PSS) of all processes of the run while the Ray arm
 streams 1x, 4x and 8x the data in one pass each, each in a fresh Ray.
@@ -78,6 +79,9 @@ def upload(uri: str, bucket: str) -> str:
     return target.uri
 
 
+OVERRIDES: list[str] = []  # --set section.key=value, applied to every arm's config
+
+
 def ingest_for(uri: str, shuffle_buffer: int):
     from rayapp.config import load_config
     from rayapp.data import build_ingest
@@ -89,6 +93,7 @@ def ingest_for(uri: str, shuffle_buffer: int):
             f"data.shuffle_buffer={shuffle_buffer}",
             "data.val_fraction=0",
             "data.test_fraction=0",
+            *OVERRIDES,
         ],
     )
     return cfg, build_ingest(cfg)
@@ -298,16 +303,30 @@ def _limit_worker(args):
     return n
 
 
-def limit_arm(uri: str, processes: int) -> float:
+def limit_arm(uri: str, processes: int, passes: int = 3) -> list[float]:
+    """frames/s of `passes` full passes of `processes` plain processes over their shares."""
     _, ingest = ingest_for(uri, 0)
     spec, tasks = ingest.read_spec(None, train=False), ingest.tasks(None)
     shares = [(spec, tasks[i::processes]) for i in range(processes)]
     ctx = mp.get_context("spawn")
+    rates = []
     with ctx.Pool(processes) as pool:
         pool.map(_limit_worker, [(spec, tasks[:1])] * processes)  # warm: imports, page cache
-        t0 = time.perf_counter()
-        n = sum(pool.map(_limit_worker, shares))
-        return n / (time.perf_counter() - t0)
+        for _ in range(passes):
+            t0 = time.perf_counter()
+            n = sum(pool.map(_limit_worker, shares))
+            rates.append(n / (time.perf_counter() - t0))
+    return rates
+
+
+def measure(uri: str, variants: list[int], epochs: int, cpus: int) -> dict:
+    """Every arm on one dataset. The limit's passes run half before the Ray arm and half after the
+    DataLoader's, so a drift of the machine's speed (the second vCPU here) weighs on all arms."""
+    limit = limit_arm(uri, cpus, 2)
+    ray_rates = ray_arm(uri, variants, epochs)
+    dl_rates = {v: dataloader_arm(uri, v, epochs) for v in variants}
+    limit += limit_arm(uri, cpus, 2)
+    return {"ray": ray_rates, "dataloader": dl_rates, "limit": limit}
 
 
 def main() -> None:
@@ -315,25 +334,28 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], help="config override for all arms (data.x=y)")
     a = ap.parse_args()
+    OVERRIDES.extend(a.set)
     steps = a.steps or (12_000 if a.quick else 48_000)
-    epochs = a.epochs or (2 if a.quick else 3)
+    epochs = a.epochs or (3 if a.quick else 5)  # the first is warm-up; the median of the rest
     import ray
 
     cpus = os.cpu_count() or 2
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     tmp = tempfile.mkdtemp(prefix="ingest-")
     out: dict = {"benchmark": "ingest", "quick": a.quick, "machine": f"{platform.machine()} {cpus} cpus", "steps": steps,
-                 "batch_size": BATCH, "shuffle_buffer": SHUFFLE, "sample": "4x84x84 uint8 (gray, stacked) from 210x160x3"}  # fmt: skip
+                 "batch_size": BATCH, "shuffle_buffer": SHUFFLE, "sample": "4x84x84 uint8 (gray, stacked) from 210x160x3", "overrides": a.set}  # fmt: skip
     try:
         uri = make_dataset(tmp, steps)
         variants = [SHUFFLE] if a.quick else [0, SHUFFLE]
-        ray_local = ray_arm(uri, variants, epochs)
+        m = measure(uri, variants, epochs, cpus)
         for v in variants:
             key = "shuffle" if v else "no_shuffle"
-            out[f"ray_local_{key}"] = _warm(ray_local[v])
-            out[f"dataloader_local_{key}"] = _warm(dataloader_arm(uri, v, epochs))
-        out["limit_local"] = round(limit_arm(uri, cpus))
+            out[f"ray_local_{key}"] = _warm(m["ray"][v])
+            out[f"dataloader_local_{key}"] = _warm(m["dataloader"][v])
+        out["limit_local"] = round(float(np.median(m["limit"])))
+        out["limit_local_passes"] = [round(x) for x in m["limit"]]
         if not a.quick:
             import logging
 
@@ -357,12 +379,12 @@ def main() -> None:
             # Ray's workers must see the endpoint: restart Ray with the variables set
             ray.shutdown()
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-            ray_s3 = ray_arm(s3_uri, variants, epochs)
+            m = measure(s3_uri, variants, epochs, cpus)
             for v in variants:
                 key = "shuffle" if v else "no_shuffle"
-                out[f"ray_s3_{key}"] = _warm(ray_s3[v])
-                out[f"dataloader_s3_{key}"] = _warm(dataloader_arm(s3_uri, v, epochs))
-            out["limit_s3"] = round(limit_arm(s3_uri, cpus))
+                out[f"ray_s3_{key}"] = _warm(m["ray"][v])
+                out[f"dataloader_s3_{key}"] = _warm(m["dataloader"][v])
+            out["limit_s3"] = round(float(np.median(m["limit"])))
             server.stop()
             # memory while one pass streams 1x, 4x and 8x the data, each in a fresh Ray so earlier arms'
             # idle processes do not count; "over idle" subtracts the freshly started, idle Ray
