@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = os.path.join(os.path.dirname(__file__), "..")
+OVERRIDES: list[str] = []  # --set section.key=value for the throughput parts and every arm
 
 
 def sampling_rates(cfg, pol, seconds: float, rounds: int = 6) -> dict:
@@ -173,7 +174,7 @@ def run_arm(name: str, base: str, sets: list[str]) -> dict:
     from rayapp.rl.finetune import finetune
 
     run = os.path.join(base, name)
-    cfg = load_config(os.path.join(ROOT, "configs", "quickstart.yaml"), [f"run.dir={run}", *sets])
+    cfg = load_config(os.path.join(ROOT, "configs", "quickstart.yaml"), [f"run.dir={run}", *sets, *OVERRIDES])
     t0 = time.perf_counter()
     r = finetune(cfg)
     return {
@@ -224,7 +225,9 @@ def main() -> None:
     ap.add_argument("--part", choices=["all", "throughput", "learning"], default="all")
     ap.add_argument("--plot", default=None, help="where the curves PNG goes")
     ap.add_argument("--keep", default=None, help="keep the arms' run folders here")
+    ap.add_argument("--set", action="append", default=[], help="config override (finetune.x=y)")
     a = ap.parse_args()
+    OVERRIDES.extend(a.set)
     import ray
 
     from rayapp.config import load_config
@@ -241,6 +244,7 @@ def main() -> None:
         "quick": a.quick,
         "machine": f"{platform.machine()} {cpus} cpus",
         "online_steps_per_arm": steps,
+        "overrides": a.set,
     }
     try:
         bc_run = a.bc_run
@@ -255,7 +259,7 @@ def main() -> None:
             cfg = load_config(os.path.join(ROOT, "configs", "quickstart.yaml"), sets)
             record(cfg, show_progress=False)
             pretrain(cfg)
-        cfg = load_config(os.path.join(ROOT, "configs", "quickstart.yaml"), [f"run.dir={bc_run}"])
+        cfg = load_config(os.path.join(ROOT, "configs", "quickstart.yaml"), [f"run.dir={bc_run}", *OVERRIDES])
         pol = init_policy(cfg)
         if a.part in ("all", "throughput"):
             out.update(sampling_rates(cfg, pol, 10 if a.quick else 60))

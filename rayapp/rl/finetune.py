@@ -92,7 +92,14 @@ def build_algorithm(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int |
         epsilon = f.epsilon
     config = (
         DQNConfig(algo_class=DQfD)
-        .environment(ENV_NAME, env_config=env_config(cfg.env, frames, f.clip_rewards))
+        .environment(
+            ENV_NAME,
+            env_config=env_config(cfg.env, frames, f.clip_rewards),
+            # discrete actions: nothing to unsquash or clip, and the connector that would deep-copies
+            # every action batch first (2.6% of an env runner's time)
+            normalize_actions=False,
+            clip_actions=False,
+        )
         .framework(
             "torch", torch_skip_nan_gradients=True
         )  # finiteness is checked once per update in the learner
