@@ -8,13 +8,13 @@ Arms (each delivers the same samples: 210x160 RGB Breakout frames -> gray 84x84 
              shuffle buffer size implemented in the workers.
   limit      as many plain processes as CPUs, each running the same read/decode/preprocess/stack
              loop over its share of the tasks, in parallel: what the hardware allows (median of
-             4 passes, 2 before the other arms and 2 after them).
+             4 passes, 2 before the other arms and 2 after them; --quick: 1 and 1).
 Each with and without the local shuffle buffer, from local disk and from a loopback S3 server
 (moto). Memory: the peak proportional set size (PSS) of all processes of the run while the Ray arm
 streams 1x, 4x and 8x the data in one pass each, each in a fresh Ray.
 
     python benchmarks/ingest.py           # full (a few minutes)
-    python benchmarks/ingest.py --quick   # local disk, with shuffle buffer (under a minute)
+    python benchmarks/ingest.py --quick   # local disk, with shuffle buffer (about a minute)
 
 The last line printed is one JSON object; `ratio_vs_dataloader` and `fraction_of_limit` compare
 the Ray arm with the baselines in the headline setting (local disk, shuffle buffer on).
@@ -319,13 +319,13 @@ def limit_arm(uri: str, processes: int, passes: int = 3) -> list[float]:
     return rates
 
 
-def measure(uri: str, variants: list[int], epochs: int, cpus: int) -> dict:
+def measure(uri: str, variants: list[int], epochs: int, cpus: int, passes: int = 2) -> dict:
     """Every arm on one dataset. The limit's passes run half before the Ray arm and half after the
     DataLoader's, so a drift of the machine's speed (the second vCPU here) weighs on all arms."""
-    limit = limit_arm(uri, cpus, 2)
+    limit = limit_arm(uri, cpus, passes)
     ray_rates = ray_arm(uri, variants, epochs)
     dl_rates = {v: dataloader_arm(uri, v, epochs) for v in variants}
-    limit += limit_arm(uri, cpus, 2)
+    limit += limit_arm(uri, cpus, passes)
     return {"ray": ray_rates, "dataloader": dl_rates, "limit": limit}
 
 
@@ -349,7 +349,7 @@ def main() -> None:
     try:
         uri = make_dataset(tmp, steps)
         variants = [SHUFFLE] if a.quick else [0, SHUFFLE]
-        m = measure(uri, variants, epochs, cpus)
+        m = measure(uri, variants, epochs, cpus, passes=1 if a.quick else 2)
         for v in variants:
             key = "shuffle" if v else "no_shuffle"
             out[f"ray_local_{key}"] = _warm(m["ray"][v])
