@@ -69,6 +69,9 @@ def test_q_module_starts_as_the_bc_network(bc_run):
             )  # target net too
             runner_mod = algo.env_runner_group.local_env_runner.module
             assert torch.allclose(runner_mod.compute_q_values({Columns.OBS: x})["qf_preds"], want)
+            # acting (which skips TorchRLModule's eval/train flips) is greedy on the same values
+            greedy = runner_mod.forward_inference({Columns.OBS: x})[Columns.ACTIONS]
+            assert torch.equal(greedy, want.argmax(-1))
         assert all(np.array_equal(module_state(algo)[k], v.numpy()) for k, v in pol.state_dict.items())
     finally:
         algo.stop()
