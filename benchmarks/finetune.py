@@ -11,7 +11,7 @@ Throughput, in the same run:
   update        one learner update (32 transitions) through `learner_group.update` against the same
                 double-DQN + margin update in a bare torch loop, same threads
 
-    python benchmarks/finetune.py --bc-run runs/quickstart        # full, about an hour here
+    python benchmarks/finetune.py --bc-run runs/quickstart        # full, about 35 minutes here
     python benchmarks/finetune.py --quick                         # minutes: tiny budgets
 
 Without --bc-run, the quickstart's dataset and BC policy are made first. Writes the learning curves
