@@ -303,7 +303,7 @@ def _limit_worker(args):
     return n
 
 
-def limit_arm(uri: str, processes: int, passes: int = 3) -> list[float]:
+def limit_arm(uri: str, processes: int, passes: int) -> list[float]:
     """frames/s of `passes` full passes of `processes` plain processes over their shares."""
     _, ingest = ingest_for(uri, 0)
     spec, tasks = ingest.read_spec(None, train=False), ingest.tasks(None)
@@ -349,13 +349,7 @@ def main() -> None:
     try:
         uri = make_dataset(tmp, steps)
         variants = [SHUFFLE] if a.quick else [0, SHUFFLE]
-        m = measure(uri, variants, epochs, cpus, passes=1 if a.quick else 2)
-        for v in variants:
-            key = "shuffle" if v else "no_shuffle"
-            out[f"ray_local_{key}"] = _warm(m["ray"][v])
-            out[f"dataloader_local_{key}"] = _warm(m["dataloader"][v])
-        out["limit_local"] = round(float(np.median(m["limit"])))
-        out["limit_local_passes"] = [round(x) for x in m["limit"]]
+        _summarise(out, "local", measure(uri, variants, epochs, cpus, passes=1 if a.quick else 2))
         if not a.quick:
             import logging
 
@@ -379,12 +373,7 @@ def main() -> None:
             # Ray's workers must see the endpoint: restart Ray with the variables set
             ray.shutdown()
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-            m = measure(s3_uri, variants, epochs, cpus)
-            for v in variants:
-                key = "shuffle" if v else "no_shuffle"
-                out[f"ray_s3_{key}"] = _warm(m["ray"][v])
-                out[f"dataloader_s3_{key}"] = _warm(m["dataloader"][v])
-            out["limit_s3"] = round(float(np.median(m["limit"])))
+            _summarise(out, "s3", measure(s3_uri, variants, epochs, cpus))
             server.stop()
             # memory while one pass streams 1x, 4x and 8x the data, each in a fresh Ray so earlier arms'
             # idle processes do not count; "over idle" subtracts the freshly started, idle Ray
@@ -406,6 +395,16 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         ray.shutdown()
     print(json.dumps(out))
+
+
+def _summarise(out: dict, where: str, m: dict) -> None:
+    """`measure`'s rates as the JSON keys (ray_local_shuffle, limit_s3, ...)."""
+    for v, rates in m["ray"].items():
+        key = "shuffle" if v else "no_shuffle"
+        out[f"ray_{where}_{key}"] = _warm(rates)
+        out[f"dataloader_{where}_{key}"] = _warm(m["dataloader"][v])
+    out[f"limit_{where}"] = round(float(np.median(m["limit"])))
+    out[f"limit_{where}_passes"] = [round(x) for x in m["limit"]]
 
 
 def _warm(rates: list[float]) -> float:
