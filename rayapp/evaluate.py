@@ -40,17 +40,17 @@ def play_episodes(player: str, mode: str, seeds: list[int], env_cfg: dict[str, A
     """Play one episode per seed; returns score, steps and action counts (and video frames for the
     first episode when `video_steps` > 0). Runs in a Ray task or in-process."""
     from rayapp.config import RecordConfig
-    from rayapp.data.preprocess import FrameSpec
     from rayapp.envs.atari import game_name, make_atari_env
     from rayapp.envs.policies import make_policy
     from rayapp.envs.wrappers import PixelStack
+    from rayapp.frames import FrameSpec
 
     ec = EnvConfig(**env_cfg)
     env = make_atari_env(ec)
     results = []
     if player == "policy":
         env = PixelStack(env, FrameSpec.from_json(frames_json))
-        from rayapp.play.agent import Agent
+        from rayapp.models.agent import Agent
 
         agent = Agent(checkpoint, mode, epsilon, seed=seeds[0] if seeds else 0)
     else:

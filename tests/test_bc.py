@@ -15,7 +15,8 @@ from rayapp.errors import RayappError
 from rayapp.models import ModelSpec, build_model, load_policy, resolve_checkpoint
 from rayapp.replay import ReplayDataset
 from rayapp.replay.record import record
-from rayapp.train.bc import _flatten, classification_metrics, pretrain
+from rayapp.train.bc import pretrain
+from rayapp.train.bc_loop import _flatten, classification_metrics
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_tiny_pretrain_two_workers_and_checkpoint_round_trip(breakout_data, smok
     ref.load_state_dict(state["model"])
     ref.eval()
     ep = next(ReplayDataset(breakout_data).iter_episodes())
-    from rayapp.data import Preprocessor
+    from rayapp.frames import Preprocessor
 
     x = torch.from_numpy(Preprocessor(pol.frames, ep.obs.shape[1:])(ep.obs[:8])[:, 0])[:, None].repeat(
         1, 4, 1, 1
@@ -202,7 +203,8 @@ def test_record_with_a_trained_checkpoint(breakout_data, smoke_cfg, tmp_path):
     ds = ReplayDataset(rec.data_uri)
     assert ds.info.recorded_by["policy"] == "checkpoint" and len(summary.episodes) == 2
     # the recorded actions are the agent's own greedy choices on the recorded frames
-    from rayapp.play import Agent, FrameStacker
+    from rayapp.frames import FrameStacker
+    from rayapp.models.agent import Agent
 
     agent = Agent(cfg.run.dir)
     ep = next(ds.iter_episodes())

@@ -9,11 +9,12 @@ import pytest
 from conftest import SMOKE
 
 from rayapp.config import EnvConfig, load_config
-from rayapp.data import FrameSpec, Preprocessor, balance_factors, build_ingest
+from rayapp.data import balance_factors, build_ingest
 from rayapp.data.index import split_of
 from rayapp.data.samples import clip_positions, read_samples, stack_indices
 from rayapp.envs.atari import dataset_info_for, make_atari_env
 from rayapp.errors import CorruptShardError
+from rayapp.frames import FrameSpec, Preprocessor
 from rayapp.replay import ReplayDataset, ReplayWriter, create_dataset
 
 

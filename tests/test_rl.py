@@ -97,7 +97,7 @@ def test_offline_phase_learns_from_demonstrations(bc_run):
     )
     pol = init_policy(cfg)
     assert pol is None
-    from rayapp.data.preprocess import FrameSpec
+    from rayapp.frames import FrameSpec
 
     frames = FrameSpec.from_config(cfg.data)
     from rayapp.models import ModelSpec

@@ -2,14 +2,11 @@
 
 from rayapp.data.index import SPLITS, DatasetIndex
 from rayapp.data.pipeline import Ingest, balance_factors, build_ingest, configure_data_context, torch_batches
-from rayapp.data.preprocess import FrameSpec, Preprocessor
 
 __all__ = [
     "SPLITS",
     "DatasetIndex",
-    "FrameSpec",
     "Ingest",
-    "Preprocessor",
     "balance_factors",
     "build_ingest",
     "configure_data_context",

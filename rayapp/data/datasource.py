@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from rayapp.data.index import SPLITS, DatasetIndex
-from rayapp.data.preprocess import FrameSpec
 from rayapp.data.samples import ReadSpec, TaskSpec, read_samples
+from rayapp.frames import FrameSpec
 
 __all__ = ["ReplayDatasource", "plan_tasks"]
 

@@ -17,9 +17,9 @@ import numpy as np
 from rayapp.config import Config, DataConfig
 from rayapp.data.datasource import make_datasource, plan_tasks, sample_bytes
 from rayapp.data.index import SPLITS, DatasetIndex
-from rayapp.data.preprocess import FrameSpec
 from rayapp.data.samples import ReadSpec
 from rayapp.errors import RayappError
+from rayapp.frames import FrameSpec
 from rayapp.replay.reader import ReplayDataset
 from rayapp.replay.schema import ActionControl
 

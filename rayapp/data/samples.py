@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from rayapp.data.preprocess import FrameSpec, Preprocessor
+from rayapp.frames import FrameSpec, Preprocessor
 from rayapp.replay.schema import ObservationSpec, decode_frames, frames_view
 
 __all__ = ["ReadSpec", "TaskSpec", "read_samples", "stack_indices", "clip_positions"]

@@ -74,7 +74,8 @@ class CheckpointPolicy(Policy):
     name = "checkpoint"
 
     def __init__(self, path: str, env: gym.Env, game: str):
-        from rayapp.play.agent import Agent, FrameStacker
+        from rayapp.frames import FrameStacker
+        from rayapp.models.agent import Agent
 
         self.agent = Agent(path)
         trained = self.agent.ckpt.game.get("game")

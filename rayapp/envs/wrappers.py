@@ -7,8 +7,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from rayapp.data.preprocess import FrameSpec
-from rayapp.play.agent import FrameStacker
+from rayapp.frames import FrameSpec, FrameStacker
 
 __all__ = ["PixelStack"]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from rayapp.data.preprocess import FrameSpec
 from rayapp.errors import RayappError, StorageError
+from rayapp.frames import FrameSpec
 from rayapp.models.nets import ModelSpec, PolicyNetwork, build_model
 from rayapp.storage import exists, read_bytes, resolve, write_bytes_atomic
 
@@ -25,6 +25,7 @@ __all__ = [
     "resolve_checkpoint",
     "write_best",
     "state_bytes",
+    "check_compatible",
 ]
 
 MODEL_FILE = "model.pt"
@@ -129,3 +130,22 @@ def resolve_checkpoint(path: str, stages: tuple[str, ...] = ("finetune", "pretra
         f"no checkpoint at {path}: expected a checkpoint folder (with {MODEL_FILE}) or a run folder with "
         f"{' or '.join(s + '/best.json' for s in stages)}"
     )
+
+
+def check_compatible(
+    spec: ModelSpec, game: str, other: ModelSpec, other_game: str, what: str, data_uri: str
+) -> None:
+    """Frame shape, game and action space of a dataset against a model's; a clear error otherwise."""
+    problems = []
+    if tuple(spec.input_shape) != tuple(other.input_shape):
+        problems.append(
+            f"input {'x'.join(map(str, other.input_shape))} vs {'x'.join(map(str, spec.input_shape))} from the data config"
+        )
+    if tuple(spec.controls) != tuple(other.controls):
+        problems.append(f"actions {list(other.controls)} vs {list(spec.controls)} in the dataset")
+    if game != other_game:
+        problems.append(f"game {other_game} vs {game}")
+    if spec.arch != other.arch:
+        problems.append(f"arch {other.arch} vs {spec.arch}")
+    if problems:
+        raise RayappError(f"{what} does not match dataset {data_uri}: " + "; ".join(problems))

@@ -1,5 +1,6 @@
-"""Playing with a trained policy: the agent shared by evaluation, recording and the live player."""
+"""The live player: capture -> preprocess -> inference -> input, with hot-reloaded weights (issue 12).
 
-from rayapp.play.agent import Agent, FrameStacker
+The agent it drives is `rayapp.models.agent.Agent`; frame preprocessing is `rayapp.frames`.
+"""
 
-__all__ = ["Agent", "FrameStacker"]
+__all__: list[str] = []

@@ -13,10 +13,10 @@ import gymnasium as gym
 import numpy as np
 
 from rayapp.config import EnvConfig
-from rayapp.data.preprocess import FrameSpec
 from rayapp.envs.atari import make_atari_env
 from rayapp.envs.wrappers import PixelStack
 from rayapp.errors import ConfigError
+from rayapp.frames import FrameSpec
 
 __all__ = ["ENV_NAME", "ClipReward", "ScoreInfo", "make_pixel_env", "register", "env_config"]
 

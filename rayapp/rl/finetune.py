@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from rayapp.config import Config, config_to_dict
-from rayapp.data.preprocess import FrameSpec
 from rayapp.errors import RayappError
+from rayapp.frames import FrameSpec
 from rayapp.models.checkpoint import PolicyCheckpoint, load_policy, save_policy, write_best
 from rayapp.models.nets import ModelSpec, build_model
 from rayapp.progress import Progress
@@ -235,9 +235,9 @@ def _value(result: dict, *path: str, default: Any = None) -> Any:
 
 def finetune(cfg: Config, on_eval: Any = None) -> FinetuneResult:
     from rayapp.envs.atari import action_controls, game_name, make_atari_env
+    from rayapp.metrics import MetricsLogger
+    from rayapp.models.checkpoint import check_compatible
     from rayapp.rl.offline import DemoStats, demo_episodes
-    from rayapp.train.bc import check_compatible
-    from rayapp.train.metrics import MetricsLogger
 
     f = cfg.finetune
     folder = resolve(cfg.run.dir).join("finetune")

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rayapp.data.index import DatasetIndex
-from rayapp.data.preprocess import FrameSpec, Preprocessor
 from rayapp.data.samples import stack_indices
 from rayapp.errors import RayappError
+from rayapp.frames import FrameSpec, Preprocessor
 from rayapp.replay.reader import ReplayDataset
 
 __all__ = ["DemoStats", "demo_episodes"]

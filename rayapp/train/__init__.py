@@ -1,3 +1,4 @@
-"""Ray Train loops: behaviour cloning (`bc`), and the metrics they write."""
+"""Ray Train loops: behaviour cloning (`bc` the driver, `bc_loop` the per-worker loop, `callback`
+the controller's report handler)."""
 
-__all__ = ["bc", "metrics"]
+__all__ = ["bc", "bc_loop", "callback"]

@@ -1,5 +1,5 @@
 """Frame preprocessing shared by every consumer of frames: the ingest pipeline, DQN's replay
-buffer, the online env wrapper and the live player. One definition, so a network sees the same
+buffer, the online env wrapper and the live player, and the frame stack they keep while acting. One definition, so a network sees the same
 pixels in training and in play.
 
 Crop (pixel margins), optional grayscale, then an area resize (the Atari standard; it keeps small
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["FrameSpec", "Preprocessor"]
+__all__ = ["FrameSpec", "Preprocessor", "FrameStacker"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,24 @@ class Preprocessor:
     def one(self, frame: np.ndarray) -> np.ndarray:
         """A single frame (H, W[, C]) -> (c, h, w)."""
         return self(frame[None])[0]
+
+
+class FrameStacker:
+    """Raw frames in, the network's stacked observation out: the ingest pipeline's preprocessing
+    and stacking (the stack starts filled with the episode's first frame)."""
+
+    def __init__(self, frames: FrameSpec, source_shape: tuple[int, ...]):
+        self.pre = Preprocessor(frames, source_shape)
+        c, h, w = self.pre.out_shape
+        self.k = frames.frame_stack
+        self.shape = (c * self.k, h, w)
+        self._stack = np.zeros((self.k, c, h, w), np.uint8)
+
+    def reset(self, frame: np.ndarray) -> np.ndarray:
+        self._stack[:] = self.pre.one(frame)
+        return self._stack.reshape(self.shape).copy()
+
+    def push(self, frame: np.ndarray) -> np.ndarray:
+        self._stack[:-1] = self._stack[1:]
+        self._stack[-1] = self.pre.one(frame)
+        return self._stack.reshape(self.shape).copy()

@@ -1,34 +1,12 @@
-"""A trained policy acting on frames: the piece evaluation, recording and the live player share."""
+"""A trained policy acting on stacked frames: the piece evaluation, recording and the live player share."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from rayapp.data.preprocess import FrameSpec, Preprocessor
 from rayapp.models.checkpoint import PolicyCheckpoint, load_policy
 
-__all__ = ["FrameStacker", "Agent"]
-
-
-class FrameStacker:
-    """Raw frames in, the network's stacked observation out: the ingest pipeline's preprocessing
-    and stacking (the stack starts filled with the episode's first frame)."""
-
-    def __init__(self, frames: FrameSpec, source_shape: tuple[int, ...]):
-        self.pre = Preprocessor(frames, source_shape)
-        c, h, w = self.pre.out_shape
-        self.k = frames.frame_stack
-        self.shape = (c * self.k, h, w)
-        self._stack = np.zeros((self.k, c, h, w), np.uint8)
-
-    def reset(self, frame: np.ndarray) -> np.ndarray:
-        self._stack[:] = self.pre.one(frame)
-        return self._stack.reshape(self.shape).copy()
-
-    def push(self, frame: np.ndarray) -> np.ndarray:
-        self._stack[:-1] = self._stack[1:]
-        self._stack[-1] = self.pre.one(frame)
-        return self._stack.reshape(self.shape).copy()
+__all__ = ["Agent"]
 
 
 class Agent:
