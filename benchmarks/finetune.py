@@ -301,7 +301,7 @@ def main() -> None:
             }
             import dataclasses
 
-            from rayapp.evaluate import play_episodes
+            from rayapp.envs.episodes import play_episodes
 
             env_cfg = dict(
                 dataclasses.asdict(final_cfg.env), max_episode_steps=final_cfg.eval.max_episode_steps

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from rayapp import __version__
 from rayapp.config import Config, describe_keys, dump_config, load_config
 from rayapp.errors import RayappError
+from rayapp.logs import install as quiet_logs
 
 __all__ = ["main", "build_parser"]
 
@@ -185,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    quiet_logs()
     try:
         cfg = load_config(args.config, args.overrides)
         return COMMANDS[args.command](cfg, args)

@@ -10,81 +10,19 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from rayapp.config import Config, EnvConfig
+from rayapp.config import Config
+from rayapp.envs.episodes import play_episodes
 from rayapp.errors import RayappError
 from rayapp.models.checkpoint import load_policy
 from rayapp.runtime import init_ray
 from rayapp.storage import resolve, write_bytes_atomic
 
-__all__ = ["evaluate", "EvalReport", "play_episodes"]
-
-
-def _overlay(frame: np.ndarray, text: str) -> np.ndarray:
-    import cv2
-
-    img = cv2.resize(frame, (frame.shape[1] * 2, frame.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
-    cv2.putText(
-        img, text, (6, img.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
-    )
-    return img
-
-
-def play_episodes(player: str, mode: str, seeds: list[int], env_cfg: dict[str, Any], checkpoint: str | None,
-                  frames_json: dict | None, epsilon: float, video_steps: int = 0) -> list[dict[str, Any]]:  # fmt: skip
-    """Play one episode per seed; returns score, steps and action counts (and video frames for the
-    first episode when `video_steps` > 0). Runs in a Ray task or in-process."""
-    from rayapp.config import RecordConfig
-    from rayapp.envs.atari import game_name, make_atari_env
-    from rayapp.envs.policies import make_policy
-    from rayapp.envs.wrappers import PixelStack
-    from rayapp.frames import FrameSpec
-
-    ec = EnvConfig(**env_cfg)
-    env = make_atari_env(ec)
-    results = []
-    if player == "policy":
-        env = PixelStack(env, FrameSpec.from_json(frames_json))
-        from rayapp.models.agent import Agent
-
-        agent = Agent(checkpoint, mode, epsilon, seed=seeds[0] if seeds else 0)
-    else:
-        agent = make_policy(
-            RecordConfig(policy=player),
-            game_name(ec.game),
-            env,
-            np.random.default_rng(seeds[0] if seeds else 0),
-        )
-    n_actions = int(env.action_space.n) if hasattr(env.action_space, "n") else 0
-    for i, seed in enumerate(seeds):
-        obs, _ = env.reset(seed=seed)
-        agent.reset()
-        score, steps, done = 0.0, 0, False
-        counts = np.zeros(max(1, n_actions), np.int64)
-        video: list[np.ndarray] = []
-        t0 = time.perf_counter()
-        while not done:
-            a = agent.act(obs) if player == "policy" else agent.act(obs)[0]
-            if n_actions:
-                counts[a] += 1
-            obs, r, te, tr, _ = env.step(a)
-            score += float(r)
-            steps += 1
-            done = te or tr
-            if i == 0 and len(video) < video_steps:
-                raw = env.last_frame if player == "policy" else obs
-                video.append(
-                    _overlay(raw, f"{mode if player == 'policy' else player} score {score:g} step {steps}")
-                )
-        results.append({"seed": seed, "score": score, "steps": steps, "truncated": bool(tr), "actions": counts.tolist(),
-                        "steps_per_s": steps / (time.perf_counter() - t0), "video": video})  # fmt: skip
-    env.close()
-    return results
+__all__ = ["evaluate", "EvalReport"]
 
 
 @dataclass

@@ -9,7 +9,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "say"]
+
+
+def say(text: str) -> None:
+    """One line to stderr, written to the stream itself: Ray Train patches `print` in its workers
+    to go through the root logger *and* the (wrapped) stream, which printed every line twice."""
+    sys.stderr.write(text.rstrip() + "\n")
+    sys.stderr.flush()
 
 
 class Progress:
@@ -40,17 +47,13 @@ class Progress:
     def _print(self) -> None:
         total = f"/{self.total:g}" if self.total is not None else ""
         extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
-        print(
-            f"{self.desc}: {self.n:g}{total} {self.unit} [{time.monotonic() - self._t0:.0f}s] {extra}",
-            file=sys.stderr,
-            flush=True,
-        )
+        say(f"{self.desc}: {self.n:g}{total} {self.unit} [{time.monotonic() - self._t0:.0f}s] {extra}")
 
     def write(self, msg: str) -> None:
         if self.bar is not None:
             self.bar.write(msg, file=sys.stderr)
         else:
-            print(msg, file=sys.stderr, flush=True)
+            say(msg)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -7,6 +7,7 @@ import os
 
 from rayapp.config import RayConfig
 from rayapp.errors import RayappError
+from rayapp.logs import install as quiet_logs
 
 __all__ = ["init_ray", "cluster_nodes"]
 
@@ -24,7 +25,13 @@ def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict = {"log_to_driver": True, "logging_level": logging.WARNING}
+    quiet_logs()
+    # every worker of this job filters the same un-actionable messages (Ray's documented hook)
+    kwargs: dict = {
+        "log_to_driver": True,
+        "logging_level": logging.WARNING,
+        "runtime_env": {"worker_process_setup_hook": "rayapp.logs.install"},
+    }
     if address is None:
         kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard)
     try:

@@ -16,6 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that start their own Ray (`own_ray`) run first, before the shared session Ray exists,
+    so that no test ever sees two Ray instances on the machine (Ray's "auto" address lookups,
+    used by Ray Train's own state checks, fail when there are several)."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("own_ray") else 1)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's ThreadedMotoServer: a real S3 HTTP endpoint on 127.0.0.1, set as AWS_ENDPOINT_URL."""

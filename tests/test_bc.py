@@ -124,7 +124,10 @@ def test_mismatched_checkpoint_fails_before_training(breakout_data, smoke_cfg, t
 
 
 def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(breakout_data, smoke_cfg):
+    import ray
     from ray.util.state import list_actors
+
+    here = ray.get_runtime_context().gcs_address  # this session's Ray, even when others run on the machine
 
     cfg = smoke_cfg(
         f"data.uri={breakout_data}", "pretrain.epochs=4", "pretrain.batch_size=16", "data.shuffle_buffer=0"
@@ -138,7 +141,7 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(breakout_data, smo
         assert time.time() < deadline and t.is_alive(), "no first checkpoint"
         time.sleep(0.05)
     workers = [
-        a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        a for a in list_actors(here, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     ]
     assert workers, "no training worker found"
     victim = workers[0]["pid"]
@@ -154,7 +157,7 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(breakout_data, smo
     assert r.metrics["epoch"] >= 1
     alive = [
         a["pid"]
-        for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        for a in list_actors(here, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     ]
     assert victim not in alive
 

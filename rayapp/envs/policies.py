@@ -13,6 +13,7 @@ import numpy as np
 from rayapp.config import RecordConfig
 from rayapp.envs.teachers import Teacher, make_teacher
 from rayapp.errors import ConfigError
+from rayapp.frames import FrameStacker
 
 __all__ = ["Policy", "RandomPolicy", "TeacherPolicy", "NoisyPolicy", "CheckpointPolicy", "make_policy"]
 
@@ -74,7 +75,6 @@ class CheckpointPolicy(Policy):
     name = "checkpoint"
 
     def __init__(self, path: str, env: gym.Env, game: str):
-        from rayapp.frames import FrameStacker
         from rayapp.models.agent import Agent
 
         self.agent = Agent(path)

@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pyarrow as pa
+from pyarrow import fs as pafs
 
 from rayapp.errors import CorruptShardError
 from rayapp.replay.reader import ReplayDataset, ShardCheck, ShardRef
@@ -151,8 +152,6 @@ def inspect_dataset(
     info = ds.info
     report = InspectReport(ds.uri, info.to_json(), leftovers=ds.leftovers, frames_checked=frames)
     with storage_errors(ds.uri):
-        from pyarrow import fs as pafs
-
         sessions = ds.loc.fs.get_file_info(
             pafs.FileSelector(ds.loc.join("sessions").path, allow_not_found=True)
         )

@@ -7,6 +7,7 @@ their own keys (host, port, monitor) for the screen backends; only the ALE backe
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import gymnasium as gym
@@ -49,8 +50,6 @@ class ClipReward(gym.RewardWrapper):
 def env_config(
     env: EnvConfig, frames: FrameSpec, clip_rewards: bool, backend: str = "atari"
 ) -> dict[str, Any]:
-    import dataclasses
-
     return {
         "backend": backend,
         "env": dataclasses.asdict(env),

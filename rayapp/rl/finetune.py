@@ -210,7 +210,7 @@ def evaluate_greedy(
 
     import ray
 
-    from rayapp.evaluate import play_episodes
+    from rayapp.envs.episodes import play_episodes
 
     env_cfg = dict(dataclasses.asdict(cfg.env), max_episode_steps=cfg.eval.max_episode_steps)
     seeds = [cfg.run.seed * 1000 + seeds_from + i for i in range(episodes)]

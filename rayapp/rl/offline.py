@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import gymnasium as gym
 import numpy as np
 
 from rayapp.data.index import DatasetIndex
@@ -53,7 +54,6 @@ def demo_episodes(
 ) -> Iterator:
     """Yield `SingleAgentEpisode`s of the dataset's `split` episodes (the BC split, so held-out
     episodes stay held out); `stats` collects counts as they go."""
-    import gymnasium as gym
     from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
     ds = ReplayDataset(uri)

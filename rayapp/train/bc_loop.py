@@ -26,7 +26,7 @@ from rayapp.data.pipeline import torch_batches
 from rayapp.frames import FrameSpec
 from rayapp.models.checkpoint import load_policy, save_policy, unwrap
 from rayapp.models.nets import ModelSpec, build_model
-from rayapp.progress import Progress
+from rayapp.progress import Progress, say
 
 __all__ = ["train_fn_per_worker", "classification_metrics", "TRAIN_STATE"]
 
@@ -91,7 +91,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         opt.load_state_dict(state["optimizer"])
         start = state["epoch"] + 1
         if rank == 0:
-            print(f"pretrain: resumed from the checkpoint of epoch {state['epoch'] + 1}", flush=True)
+            say(f"pretrain: resumed from the checkpoint of epoch {state['epoch'] + 1}")
     weights = (
         [torch.tensor(w, dtype=torch.float32, device=device) for w in config["class_weights"]]
         if config["class_weights"]

@@ -1,0 +1,50 @@
+"""One typed config tree.
+
+Defaults live in `sections` (one dataclass per section, each field with its help text), the tree
+and its cross-key checks in `tree`, reading YAML and `--set` overrides in `loader`. A YAML file in
+``configs/`` holds only what differs from these defaults (with a comment saying why), and
+``--set section.key=value`` overrides either. Unknown keys and wrong types fail loudly with the
+key's full path; the resolved tree is saved next to every output so a run can be rebuilt from it.
+"""
+
+from rayapp.config.loader import (
+    config_from_dict,
+    config_to_dict,
+    describe_keys,
+    dump_config,
+    load_config,
+    set_key,
+)
+from rayapp.config.sections import (
+    DataConfig,
+    EnvConfig,
+    EvalConfig,
+    FinetuneConfig,
+    ModelConfig,
+    PretrainConfig,
+    RayConfig,
+    RecordConfig,
+    RunConfig,
+    SweepConfig,
+)
+from rayapp.config.tree import Config
+
+__all__ = [
+    "Config",
+    "RunConfig",
+    "RayConfig",
+    "EnvConfig",
+    "DataConfig",
+    "RecordConfig",
+    "ModelConfig",
+    "PretrainConfig",
+    "FinetuneConfig",
+    "EvalConfig",
+    "SweepConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "describe_keys",
+    "dump_config",
+    "load_config",
+    "set_key",
+]

@@ -1,0 +1,133 @@
+"""The whole config tree (`Config`: one field per section) and the checks that span several keys."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from rayapp.config.sections import (
+    DataConfig,
+    EnvConfig,
+    EvalConfig,
+    FinetuneConfig,
+    ModelConfig,
+    PretrainConfig,
+    RayConfig,
+    RecordConfig,
+    RunConfig,
+    SweepConfig,
+)
+from rayapp.errors import ConfigError
+
+__all__ = ["Config"]
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def data_uri(self) -> str:
+        """`data.uri`, or `<run.dir>/replays` when it is empty."""
+        return self.data.uri or os.path.join(self.run.dir, "replays")
+
+    def validate(self) -> None:
+        """Checks that span several keys; single-key types are checked on load."""
+        r = self.record
+        if r.episodes < 0 or r.steps < 0:
+            raise ConfigError("record.episodes and record.steps must be >= 0")
+        if r.episodes == 0 and r.steps == 0:
+            raise ConfigError("record.episodes and record.steps are both 0: set at least one budget")
+        if not 0.0 <= r.epsilon <= 1.0:
+            raise ConfigError(f"record.epsilon must be in [0, 1], got {r.epsilon}")
+        if r.collectors < 1:
+            raise ConfigError(f"record.collectors must be >= 1, got {r.collectors}")
+        for key, res in (("record.collector_resources", r.collector_resources),
+                         ("finetune.env_runner_resources", self.finetune.env_runner_resources)):  # fmt: skip
+            for name, amount in res.items():
+                if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+                    raise ConfigError(f"{key}.{name} must be a number of resources >= 0, got {amount!r}")
+        if r.policy == "checkpoint" and not r.checkpoint:
+            raise ConfigError(
+                "record.policy=checkpoint needs record.checkpoint (a run folder or checkpoint folder)"
+            )
+        if not 1 <= r.jpeg_quality <= 100:
+            raise ConfigError(f"record.jpeg_quality must be in [1, 100], got {r.jpeg_quality}")
+        if r.shard_mb <= 0 or r.max_shard_mb < r.shard_mb:
+            raise ConfigError("record.shard_mb must be > 0 and record.max_shard_mb >= record.shard_mb")
+        if r.shard_steps < 1:
+            raise ConfigError("record.shard_steps must be >= 1")
+        if r.row_group_rows < 1:
+            raise ConfigError("record.row_group_rows must be >= 1")
+        if self.env.frameskip < 1 or self.env.max_episode_steps < 1:
+            raise ConfigError("env.frameskip and env.max_episode_steps must be >= 1")
+        if not 0.0 <= self.env.sticky_actions <= 1.0:
+            raise ConfigError(f"env.sticky_actions must be in [0, 1], got {self.env.sticky_actions}")
+        p = self.pretrain
+        if p.epochs < 1 or p.batch_size < 1 or p.lr <= 0 or p.num_workers < 1:
+            raise ConfigError(
+                "pretrain.epochs, pretrain.batch_size, pretrain.num_workers must be >= 1 and pretrain.lr > 0"
+            )
+        if self.model.arch == "cnn_lstm" and self.data.clip_length == 0:
+            raise ConfigError("model.arch=cnn_lstm trains on clips: set data.clip_length (e.g. 100)")
+        if self.model.arch == "cnn" and self.data.clip_length > 0:
+            raise ConfigError(
+                "data.clip_length is for recurrent models: set model.arch=cnn_lstm or data.clip_length=0"
+            )
+        f = self.finetune
+        if (
+            f.offline_updates < 0
+            or f.online_steps < 0
+            or f.batch_size < 1
+            or f.n_step < 1
+            or f.num_env_runners < 0
+        ):
+            raise ConfigError(
+                "finetune.offline_updates/online_steps >= 0, finetune.batch_size/n_step >= 1, finetune.num_env_runners >= 0"
+            )
+        if not 0 <= f.demo_ratio <= 1 or not 0 <= f.epsilon <= 1 or f.updates_per_env_step <= 0:
+            raise ConfigError(
+                "finetune.demo_ratio and finetune.epsilon in [0, 1], finetune.updates_per_env_step > 0"
+            )
+        if f.online_steps and f.rollout_fragment_length < 1:
+            raise ConfigError("finetune.rollout_fragment_length must be >= 1")
+        sw = self.sweep
+        if sw.num_samples < 1 or sw.max_concurrent < 1 or sw.grace_period < 1 or sw.reduction_factor < 2:
+            raise ConfigError(
+                "sweep.num_samples, sweep.max_concurrent, sweep.grace_period >= 1 and sweep.reduction_factor >= 2"
+            )
+        e = self.eval
+        bad = [m for m in e.modes if m not in ("greedy", "sampled")] + [
+            b for b in e.baselines if b not in ("teacher", "random")
+        ]
+        if bad:
+            raise ConfigError(f"eval.modes are greedy/sampled and eval.baselines teacher/random; got {bad}")
+        if e.episodes < 1 or e.workers < 1 or e.max_episode_steps < 1:
+            raise ConfigError("eval.episodes, eval.workers and eval.max_episode_steps must be >= 1")
+        d = self.data
+        if d.max_corrupt_shards < 0:
+            raise ConfigError("data.max_corrupt_shards must be >= 0")
+        if len(d.resize) != 2 or min(d.resize) < 0:
+            raise ConfigError(f"data.resize must be [height, width], got {d.resize}")
+        if len(d.crop) != 4 or min(d.crop) < 0:
+            raise ConfigError(f"data.crop must be [top, bottom, left, right] >= 0, got {d.crop}")
+        if d.frame_stack < 1 or d.clip_length < 0:
+            raise ConfigError("data.frame_stack must be >= 1 and data.clip_length >= 0")
+        if d.val_fraction < 0 or d.test_fraction < 0 or d.val_fraction + d.test_fraction >= 1:
+            raise ConfigError(
+                "data.val_fraction and data.test_fraction must be >= 0 and leave episodes to train on"
+            )
+        if not 0 <= d.balance_power <= 1 or d.max_resample_rate < 1:
+            raise ConfigError("data.balance_power must be in [0, 1] and data.max_resample_rate >= 1")
+        if d.rows_per_task < 1 or d.read_cpus < 0 or d.shuffle_buffer < 0 or d.object_store_mb < 0:
+            raise ConfigError("data.rows_per_task >= 1, data.read_cpus >= 0 and data.shuffle_buffer >= 0")

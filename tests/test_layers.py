@@ -1,0 +1,126 @@
+"""The package's import graph follows its layers (README "Layout"): a module imports only from its
+own layer or below, stages never import each other, and imports inside functions are kept for
+heavy or hardware modules (Ray's libraries, torch, plotting, capture and input devices)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "rayapp"
+
+# bottom to top; a module may import from its own layer and the layers before it
+LAYERS: list[list[str]] = [
+    [
+        "rayapp",
+        "rayapp.errors",
+        "rayapp.config",
+        "rayapp.storage",
+        "rayapp.progress",
+        "rayapp.runs",
+        "rayapp.runtime",
+        "rayapp.frames",
+        "rayapp.metrics",
+        "rayapp.logs",
+    ],  # fmt: skip
+    ["rayapp.replay"],
+    ["rayapp.models"],
+    ["rayapp.envs"],
+    ["rayapp.data"],
+    ["rayapp.record", "rayapp.train", "rayapp.rl", "rayapp.evaluate"],  # the stages: peers, never each other
+    ["rayapp.report", "rayapp.tune", "rayapp.pipeline"],
+    ["rayapp.play", "rayapp.cli"],
+]
+STAGES = set(LAYERS[5])
+# modules that choose a stage at run time and import it then (so `rayapp --help` stays fast)
+DISPATCHERS = {"rayapp.cli", "rayapp.pipeline", "rayapp.tune.sweep"}
+# third-party packages that may be imported inside functions: heavy to import, or hardware
+HEAVY = {"ray", "torch", "matplotlib", "imageio", "tensorboard", "mss", "Xlib", "vgamepad", "pynput",
+         "evdev", "pygame", "ale_py", "boto3", "moto", "av", "vector_quantize_pytorch"}  # fmt: skip
+
+
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = ast.parse(path.read_text(), str(path))
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(tree: ast.Module):
+    """(imported module, line, inside a function?) for every import statement."""
+    top = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            top.add(id(node))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, node.lineno, id(node) not in top
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, node.lineno, id(node) not in top
+
+
+def _group(module: str) -> tuple[int, str]:
+    best = None
+    for i, layer in enumerate(LAYERS):
+        for g in layer:
+            if (module == g or module.startswith(g + ".")) and (best is None or len(g) > len(best[1])):
+                best = (i, g)
+    if best is None:
+        raise AssertionError(f"{module} is in no layer of tests/test_layers.py: place it")
+    return best
+
+
+def _heavy(module: str, seen: frozenset = frozenset()) -> bool:
+    """A rayapp module whose top-level imports pull a heavy package, directly or through others."""
+    tree = MODULES.get(module)
+    if tree is None or module in seen:
+        return False
+    for name, _, lazy in _imports(tree):
+        root = name.split(".")[0]
+        if not lazy and (root in HEAVY or (root == "rayapp" and _heavy(name, seen | {module}))):
+            return True
+    return False
+
+
+def test_every_module_has_a_layer():
+    for m in MODULES:
+        _group(m)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_follow_the_layers(module):
+    layer, group = _group(module)
+    bad = []
+    for name, line, lazy in _imports(MODULES[module]):
+        if name.split(".")[0] != "rayapp":
+            if lazy and name.split(".")[0] not in HEAVY:
+                bad.append(
+                    f"line {line}: `import {name}` inside a function (not heavy: import it at the top)"
+                )
+            continue
+        other_layer, other_group = _group(name)
+        if other_layer > layer:
+            bad.append(f"line {line}: imports {name} from a higher layer")
+        elif other_group != group and group in STAGES and other_group in STAGES:
+            bad.append(f"line {line}: stage {group} imports stage {other_group}")
+        if lazy and module not in DISPATCHERS and not _heavy(name):
+            bad.append(f"line {line}: `import {name}` inside a function (neither a dispatcher nor heavy)")
+    assert not bad, f"{module}:\n  " + "\n  ".join(bad)
+
+
+def test_the_layer_check_sees_a_violation():
+    tree = ast.parse("def f():\n    from rayapp.cli import main\n")
+    found = [(n, lazy) for n, _, lazy in _imports(tree)]
+    assert found == [("rayapp.cli", True)]
+    assert _group("rayapp.cli")[0] > _group("rayapp.replay.reader")[0]
+    assert _group("rayapp.rl.finetune")[1] != _group("rayapp.train.bc")[1]
