@@ -20,14 +20,29 @@ import yaml
 
 from rayapp.errors import ConfigError
 
-__all__ = ["Config", "load_config", "config_to_dict", "config_from_dict", "dump_config", "describe_keys"]
+__all__ = [
+    "Config",
+    "load_config",
+    "config_to_dict",
+    "config_from_dict",
+    "dump_config",
+    "describe_keys",
+    "path_keys",
+]
 
 
-def opt(default: Any, help: str) -> Any:
-    """A config field with its help text (shown by `rayapp config keys`)."""
+def opt(default: Any, help: str, path: bool = False, not_paths: tuple[str, ...] = ()) -> Any:
+    """A config field with its help text (shown by `rayapp config keys`).
+
+    `path=True` marks a key whose value is a file location (a local path or a URI): stages that run
+    in other processes or folders (Tune trials) get it made absolute first (`path_keys`);
+    `not_paths` are the key's values that name no location (e.g. 'none')."""
+    meta: dict[str, Any] = {"help": help}
+    if path:
+        meta.update(path=True, not_paths=tuple(not_paths))
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -35,6 +50,7 @@ class RunConfig:
     dir: str = opt(
         "runs/default",
         "folder where a stage writes its outputs: resolved config, checkpoints, metrics, reports",
+        path=True,
     )
     seed: int = opt(0, "base random seed; collectors and workers derive their own from it")
 
@@ -73,6 +89,7 @@ class DataConfig:
     uri: str = opt(
         "",
         "the dataset a stage reads or writes: a path, file://, s3://bucket/prefix or gs://; empty: <run.dir>/replays",
+        path=True,
     )
     max_corrupt_shards: int = opt(
         0, "corrupt shards a reader may skip (and count) before it fails; 0: fail on the first"
@@ -131,7 +148,9 @@ class RecordConfig:
     epsilon: float = opt(
         0.1, "noisy_teacher and checkpoint: probability of a uniformly random action instead of the policy's"
     )
-    checkpoint: str = opt("", "policy=checkpoint: a run folder (its best checkpoint) or a checkpoint folder")
+    checkpoint: str = opt(
+        "", "policy=checkpoint: a run folder (its best checkpoint) or a checkpoint folder", path=True
+    )
     episodes: int = opt(20, "episodes to record in all (0: no limit, then `steps` must be set)")
     steps: int = opt(0, "stop after this many steps in all, finishing the episodes in progress (0: no limit)")
     collectors: int = opt(2, "collector actors recording in parallel into the same dataset")
@@ -171,7 +190,7 @@ class ModelConfig:
     hidden: int = opt(512, "features after the CNN's fully connected layer")
     lstm_hidden: int = opt(256, "cnn_lstm: LSTM state size")
     init_checkpoint: str = opt(
-        "", "start from these weights: a checkpoint folder or a run folder (its best checkpoint)"
+        "", "start from these weights: a checkpoint folder or a run folder (its best checkpoint)", path=True
     )
 
 
@@ -207,6 +226,8 @@ class FinetuneConfig:
     init_checkpoint: str = opt(
         "",
         "the BC policy to start from: a checkpoint or run folder; empty: <run.dir> (its pretrain); 'none': DQN from scratch",
+        path=True,
+        not_paths=("none",),
     )
     offline_updates: int = opt(
         2000, "learner updates on the demonstrations alone before touching the game (0: skip)"
@@ -269,7 +290,14 @@ class FinetuneConfig:
     steps_per_iteration: int = opt(
         1000, "env steps per algorithm iteration (one metrics row, at least one sample call)"
     )
-    use_gpu: bool = opt(False, "learner on a GPU")
+    use_gpu: bool = opt(
+        False,
+        "the learner on a GPU: a remote learner actor asking for one GPU (finetune.num_learners >= 1); env runners stay on CPU",
+    )
+    num_learners: int | None = opt(
+        None,
+        "RLlib learner actors: 0 learns in the driver process, 1 in a remote actor (where a GPU can be); null: 1 with use_gpu, else 0",
+    )
     deterministic: bool = opt(
         False,
         "torch's deterministic kernels in learner and env runners (slower on CPU: about 2x when acting)",
@@ -407,6 +435,16 @@ class Config:
         if not 0 <= f.demo_ratio <= 1 or not 0 <= f.epsilon <= 1 or f.updates_per_env_step <= 0:
             raise ConfigError(
                 "finetune.demo_ratio and finetune.epsilon in [0, 1], finetune.updates_per_env_step > 0"
+            )
+        if f.num_learners is not None and not 0 <= f.num_learners <= 1:
+            raise ConfigError(
+                f"finetune.num_learners must be 0 (learn in the driver) or 1 (a remote learner actor), got {f.num_learners}: "
+                "DQfD's priority updates follow one learner's batches"
+            )
+        if f.use_gpu and f.num_learners == 0:
+            raise ConfigError(
+                "finetune.use_gpu=true with finetune.num_learners=0 would put the GPU learner in the driver process, "
+                "which on a cluster runs on the CPU-only head: set finetune.num_learners=1 (or null) for a remote GPU learner"
             )
         if f.online_steps and f.rollout_fragment_length < 1:
             raise ConfigError("finetune.rollout_fragment_length must be >= 1")
@@ -627,6 +665,22 @@ def config_from_dict(data: dict[str, Any], source: str = "saved config") -> Conf
 def dump_config(cfg: Config, header: str = "") -> str:
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
     return (f"# {header}\n" if header else "") + text
+
+
+def path_keys() -> dict[str, tuple[str, ...]]:
+    """Every key marked `path=True`, with its values that name no location."""
+    out: dict[str, tuple[str, ...]] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            elif f.metadata.get("path"):
+                out[prefix + f.name] = f.metadata["not_paths"]
+
+    walk(Config, "")
+    return out
 
 
 def describe_keys() -> list[tuple[str, str, Any, str]]:
