@@ -351,10 +351,11 @@ class SweepConfig:
     max_concurrent: int = opt(1, "trials at a time (each trial reserves its own workers)")
     trial_cpus: float = opt(
         0.01,
-        "CPUs reserved by a trial's own process (pretrain: Ray Train workers reserve theirs; finetune: the learner runs here)",
+        "CPUs reserved by a trial's own process (pretrain: Ray Train workers reserve theirs; finetune: the learner runs here unless num_learners=1)",
     )
     trial_gpus: float = opt(
-        0.0, "GPUs reserved by a trial's own process (fractions share a GPU; finetune: the learner's)"
+        0.0,
+        "GPUs reserved by a trial's own process (fractions share a GPU); finetune: 0, the learner actor asks via finetune.use_gpu",
     )
     max_failures: int = opt(0, "retries of a crashed trial (a crash never stops the sweep)")
 

@@ -128,6 +128,44 @@ def test_sweep_survives_a_crashing_trial_saves_the_best_and_resumes(sweep_data, 
     assert again.best["value"] == best["value"]  # finished trials are not rerun (ties may swap the pick)
 
 
+def test_a_killed_sweep_driver_resumes_where_it_stopped(sweep_data, ray_session, tmp_path):
+    """The default-run version of the test below: `rayapp sweep` joins the session's Ray (no Ray
+    of its own to start) and is killed (SIGKILL) once its first trial has reported; its trials die
+    with it. The same command again restores the experiment, keeps its trials and runs the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rayapp.cli", "sweep", "--config", SMOKE, "--set", f"run.dir={run}",
+           "--set", f"data.uri={sweep_data}", "--set", "sweep.space={pretrain.lr: {grid: [3.0e-4, 3.0e-3]}}",
+           "--set", "sweep.scheduler=fifo", "--set", "sweep.num_samples=1", "--set", "sweep.trial_cpus=0.2",
+           "--set", "pretrain.num_workers=1", "--set", "pretrain.batch_size=64"]  # fmt: skip
+    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
+    t0 = time.perf_counter()
+    first = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 300
+    try:
+        while not any(p.read_text().strip() for p in (run / "sweep").glob("*/result.json")):
+            assert first.poll() is None, "the sweep ended before it could be interrupted"
+            assert time.time() < deadline
+            time.sleep(0.5)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    started = {p.name for p in (run / "sweep").iterdir() if p.is_dir() and p.name != "runs"}
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    print(f"killed and resumed sweep of 2 trials: {time.perf_counter() - t0:.1f} s")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "resuming the sweep" in again.stdout
+    best = json.loads((run / "sweep" / "best.json").read_text())
+    trials = {p.parent.name for p in (run / "sweep").glob("*/result.json") if p.read_text().strip()}
+    assert len(trials) == 2 and started <= trials and best["trial_id"] in trials
+
+
 @pytest.mark.slow
 def test_an_interrupted_sweep_resumes_where_it_stopped(sweep_data, tmp_path):
     """`rayapp sweep` killed (SIGKILL, its own local Ray with it) after the first trial finished;
