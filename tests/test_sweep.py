@@ -69,6 +69,28 @@ def test_every_path_key_and_path_value_of_the_space_is_made_absolute(tmp_path, m
     assert space["pretrain.lr"] == {"grid_search": [0.1]}
 
 
+def test_a_finetune_trial_that_cannot_be_placed_fails_before_tune(ray_session, smoke_cfg):
+    """A finetune trial reserves its learner, env runners and evaluation tasks: one the cluster
+    (4 CPUs, no GPU) cannot hold fails at once instead of waiting forever; a GPU for the trial's
+    own process is refused (its learner actor asks for the GPU)."""
+    base = [
+        "sweep.stage=finetune",
+        "sweep.space={finetune.lr: {choice: [1.0e-4]}}",
+        "finetune.eval_episodes=1",
+    ]
+    with pytest.raises(
+        ConfigError, match=r"sweep.trial_gpus=1.0 would reserve a GPU .* finetune.use_gpu=true"
+    ):
+        sweep(smoke_cfg(*base, "sweep.trial_gpus=1"))
+    with pytest.raises(
+        ConfigError,
+        match=r"reserves 7.01 CPU \(.*6 env runner\(s\) x 1.0 CPU.*\) but this Ray cluster has 4 CPU",
+    ):
+        sweep(smoke_cfg(*base, "finetune.num_env_runners=6"))
+    with pytest.raises(ConfigError, match=r"reserves 1.01 CPU, 1 GPU \(.*1 learner actor\(s\).* has 0 GPU"):
+        sweep(smoke_cfg(*base, "finetune.num_env_runners=0", "finetune.use_gpu=true"))
+
+
 def test_a_sweep_ranked_by_validation_needs_a_validation_split(sweep_data, smoke_cfg):
     from rayapp.replay.record import record
 

@@ -189,6 +189,29 @@ def _check_validation_split(cfg: Config, metric: str) -> None:
         )
 
 
+def _check_trial_fits(cfg: Config) -> None:
+    """A finetune trial's placement group must fit the cluster, or Tune waits for it forever."""
+    import ray
+
+    from rayapp.rl.dqn_config import learner_placement, resource_bundles
+
+    need: dict[str, float] = {}
+    for bundle in resource_bundles(cfg, cfg.sweep.trial_cpus):
+        for k, v in bundle.items():
+            need[k] = need.get(k, 0.0) + v
+    have = ray.cluster_resources()
+    short = {k: v for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
+    if short:
+        f, e = cfg.finetune, cfg.eval
+        parts = (f"its process {cfg.sweep.trial_cpus} CPU, {learner_placement(f)[0]} learner actor(s), "
+                 f"{f.num_env_runners} env runner(s) x {f.cpus_per_env_runner} CPU, evaluation tasks of {e.cpus_per_worker} CPU")  # fmt: skip
+        raise ConfigError(
+            f"a finetune trial reserves {', '.join(f'{v:g} {k}' for k, v in need.items() if v)} ({parts}) but this Ray "
+            f"cluster has {', '.join(f'{have.get(k, 0.0):g} {k}' for k in short)}: lower sweep.trial_cpus, "
+            "finetune.num_env_runners, finetune.cpus_per_env_runner or eval.workers"
+        )
+
+
 def sweep(cfg: Config) -> SweepResult:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -213,6 +236,8 @@ def sweep(cfg: Config) -> SweepResult:
         _check_validation_split(cfg, metric)
     save_resolved_config(cfg, "sweep")
     init_ray(cfg.ray)
+    if sw.stage == "finetune":
+        _check_trial_fits(base_cfg)
     if sw.stage == "pretrain":
         resources: Any = trial_resources(base_cfg)
     else:  # a finetune trial's resources follow its own config (the space may change env runners, ...)
