@@ -5,7 +5,8 @@ How to run
         python jobs/finetune.py --config configs/quickstart.yaml
     On a Ray cluster, env runners on other nodes (game PCs join with
     `ray start --address=<head>:6379 --resources='{"game_pc": 1}'`; add
-    --set 'finetune.env_runner_resources={game_pc: 1}' and set finetune.num_env_runners to their count):
+    --set 'finetune.env_runner_resources={game_pc: 1}' and set finetune.num_env_runners to their count;
+    with finetune.use_gpu=true the learner is a remote actor on a GPU node, the driver needs none):
         ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
             python jobs/finetune.py --config configs/quickstart.yaml --set run.dir=s3://runs/bc \\
             --set finetune.num_env_runners=4 --set finetune.use_gpu=true

@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rayapp.config import Config, config_from_dict, config_to_dict, describe_keys, dump_config, load_config
+from rayapp.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    describe_keys,
+    dump_config,
+    load_config,
+    path_keys,
+)
 from rayapp.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +104,24 @@ def test_every_key_is_documented():
     keys = describe_keys()
     assert len(keys) > 20
     assert all(help for _, _, _, help in keys)
+
+
+def test_every_location_key_is_marked_as_a_path():
+    """Sweeps make path-valued keys absolute before trials change folder (`path_keys`). Every
+    string key is either marked `path=True` or declared here as naming no location, so a new one
+    cannot be forgotten: adding a string key fails this test until it is classified."""
+    not_locations = {"ray.address", "env.game", "sweep.metric"}  # a cluster address, a game id, a metric name
+    strings = {key for key, tp, _, _ in describe_keys() if tp == "str"}
+    paths = path_keys()
+    assert not_locations <= strings, not_locations - strings  # the declared set is current
+    assert set(paths) == strings - not_locations, {
+        "unmarked": sorted(strings - not_locations - set(paths)),
+        "marked but not a string": sorted(set(paths) - strings),
+    }
+    helps = {key: help for key, _, _, help in describe_keys()}
+    for key in paths:  # what the help says agrees with the mark
+        assert any(w in helps[key] for w in ("folder", "path", "URI", "s3://")), key
+    assert paths["finetune.init_checkpoint"] == ("none",)  # 'none' means from scratch, not ./none
 
 
 def test_cli_config_error_is_one_line_without_traceback():

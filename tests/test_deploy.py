@@ -94,6 +94,112 @@ def test_manifests_keep_secrets_out_and_resources_in():
     assert not [d for d in docs if d.get("kind") == "Secret" or "stringData" in d or "data" in d]
 
 
+def _command(argv: list[str]) -> tuple[str, str, list[str]]:
+    """`python jobs/X.py --config C --set k=v ...` -> (the rayapp command X runs, C, the sets)."""
+    assert argv[0] == "python" and argv[1].startswith("jobs/"), argv
+    command = re.search(r'main\(\["(\w+)"', (ROOT / argv[1]).read_text()).group(1)
+    args = argv[2:]
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    return command, args[args.index("--config") + 1], sets
+
+
+def _asks(cfg, command: str) -> list[tuple[str, dict]]:
+    """(who, Ray resources) for every process `command` starts; `driver` is the entrypoint's own
+    process (on KubeRay: the head pod) and `sweep trial` a trial's own process: both only
+    coordinate, so any device they ask for is one they never use."""
+    from rayapp.rl.dqn_config import learner_placement, resource_bundles
+
+    def finetune(c):
+        n, gpus = learner_placement(c.finetune)
+        bundles = resource_bundles(c, 0)[1:]
+        return [("driver", {"GPU": gpus if n == 0 else 0.0})] + [("finetune actor/task", b) for b in bundles]
+
+    def pretrain(c):
+        p = c.pretrain
+        worker = {"CPU": p.cpus_per_worker, "GPU": p.gpus_per_worker if p.use_gpu else 0.0}
+        return [("pretrain worker", worker)] * p.num_workers
+
+    record = [("collector", {"CPU": cfg.record.collector_cpus, **cfg.record.collector_resources})]
+    evaluate = [("eval task", {"CPU": cfg.eval.cpus_per_worker})]
+    if command == "sweep":
+        sw = cfg.sweep
+        trial = [("sweep trial", {"CPU": sw.trial_cpus, "GPU": sw.trial_gpus})]
+        return trial + (pretrain(cfg) if sw.stage == "pretrain" else finetune(cfg)[1:])
+    return {"record": record, "pretrain": pretrain(cfg), "finetune": finetune(cfg), "evaluate": evaluate,
+            "pipeline": record + pretrain(cfg) + finetune(cfg) + evaluate}[command]  # fmt: skip
+
+
+def _quantity(q) -> float:
+    q = str(q)
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def _nodes(doc) -> dict[str, dict[str, float]]:
+    """What each group's Ray node offers: `num-cpus` from rayStartParams, else the container's limits."""
+    spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+    out = {}
+    for name, c in containers(doc):
+        group = (
+            spec["headGroupSpec"]
+            if name == "head"
+            else next(g for g in spec["workerGroupSpecs"] if g["groupName"] == name)
+        )
+        limits = c["resources"]["limits"]
+        cpus = group.get("rayStartParams", {}).get("num-cpus", limits["cpu"])
+        out[name] = {"CPU": _quantity(cpus), "GPU": _quantity(limits.get("nvidia.com/gpu", 0))}
+    return out
+
+
+def _job_commands():
+    """Every job command we ship: the RayJob entrypoints and the jobs/ docstrings' "How to run"."""
+    import shlex
+
+    for name, doc in manifests():
+        if doc["kind"] == "RayJob":
+            yield name, shlex.split(doc["spec"]["entrypoint"]), doc
+    for path in sorted((ROOT / "jobs").glob("*.py")):
+        text = path.read_text().replace("\\\\\n", " ")  # the docstrings' `\\` continuations
+        for line in text.splitlines():
+            if "python jobs/" in line:
+                yield path.name, shlex.split(line[line.index("python jobs/") :]), None
+
+
+def test_no_stage_asks_for_a_device_where_its_process_does_not_run():
+    """Each shipped job command: its config validates (a GPU learner in the driver is refused); the
+    processes that only coordinate (the driver, a sweep trial's own) ask for no GPU; and on the
+    RayJob's own cluster every actor or task finds a node with what it asks for (the GPU learner
+    on the GPU group; nothing GPU-bound on the head, which has no GPU)."""
+    from rayapp.config import load_config
+
+    seen = set()
+    for name, argv, doc in _job_commands():
+        command, config, sets = _command(argv)
+        cfg = load_config(str(ROOT / config), sets)
+        asks = _asks(cfg, command)
+        for who, res in asks:
+            if who in ("driver", "sweep trial"):
+                assert not res.get("GPU"), (
+                    f"{name}: {' '.join(argv)}: the {who} asks for a GPU, but it only coordinates "
+                    "(the driver runs on the CPU-only head): the GPU belongs to a remote learner or worker"
+                )
+        if cfg.finetune.use_gpu and command in ("finetune", "pipeline"):
+            assert ("finetune actor/task", {"CPU": 0.0, "GPU": 1.0}) in asks, name  # a remote GPU learner
+        if doc is not None:
+            nodes = _nodes(doc)
+            assert nodes["head"]["GPU"] == 0
+            for who, res in asks:
+                fits = [
+                    n for n, have in nodes.items() if all(have.get(k, 0) >= v for k, v in res.items() if v)
+                ]
+                assert fits, f"{name}: the {who} asks for {res}, which no node of {nodes} offers"
+        seen.add((name, command))
+    assert {
+        ("ray-job.pipeline.yaml", "pipeline"),
+        ("ray-job.sweep.yaml", "sweep"),
+        ("finetune.py", "finetune"),
+    } <= seen
+
+
 @pytest.mark.skipif(
     not CHECK_KUBERAY.exists(),
     reason="../shared/tools/check-kuberay is not beside this checkout (.ci/run runs it when it is)",

@@ -206,6 +206,90 @@ def test_finetune_end_to_end_and_resume_from_the_same_step(bc_run, tmp_path):
         algo.stop()
 
 
+def test_finetune_with_a_remote_learner_actor(bc_run, tmp_path):
+    """The GPU run's code path on CPU: `finetune.num_learners=1` puts the learner in its own actor,
+    so the BC weights, the offline phase's updates and priorities, checkpoints and exported
+    policies all go through the LearnerGroup, and the checkpoint restores into a remote learner."""
+    import shutil
+
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+    from rayapp.models import load_policy
+
+    run = tmp_path / "run"
+    shutil.copytree(bc_run, run)
+    small = ["finetune.num_learners=1", "finetune.offline_updates=20", "finetune.envs_per_env_runner=4",
+             "finetune.rollout_fragment_length=8", "finetune.steps_per_iteration=32",
+             "finetune.checkpoint_every_steps=0", "finetune.learning_starts=32"]  # fmt: skip
+    cfg = cfg_for(run, *small, "finetune.online_steps=64")
+    r = finetune(cfg)
+    assert [p["phase"] for p in r.curve] == ["final"] and r.curve[0]["env_steps"] == 64
+    assert r.curve[0]["updates"] == 20 + 64 // 4  # offline updates, then one per 4 env steps
+    pol = init_policy(cfg)
+    final = load_policy(r.final_policy)
+    assert any(not torch.equal(final.state_dict[k], v) for k, v in pol.state_dict.items())  # it learned
+    algo = build_algorithm(cfg, q_spec(cfg, pol.spec), pol.frames)
+    try:
+        assert algo.learner_group.is_remote
+        (learner_pid,) = algo.learner_group.foreach_learner(lambda learner: os.getpid())
+        assert learner_pid != os.getpid()
+        algo.restore_from_path(str(run / "finetune" / "rllib"))
+        assert algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)) == 64
+        assert algo.updates == 36
+        # the exported policy holds the remote learner's weights
+        assert all(np.array_equal(module_state(algo)[k], v.numpy()) for k, v in final.state_dict.items())
+        out = algo.train()  # and training goes on from the restored state
+        assert out["env_runners"]["num_env_steps_sampled_lifetime"] > 64 and algo.updates > 36
+    finally:
+        algo.stop()
+
+
+def test_a_gpu_learner_is_a_remote_actor_and_env_runners_stay_on_cpu():
+    """What a GPU run asks Ray for, checked without a GPU: the driver (on KubeRay: the CPU-only
+    head) asks for none, one learner actor asks for one, env runners for none."""
+    from rayapp.data.preprocess import FrameSpec
+
+    from rayapp.config import load_config
+    from rayapp.errors import ConfigError
+    from rayapp.models import ModelSpec
+    from rayapp.rl.algorithm import DQfD
+    from rayapp.rl.dqn_config import dqn_config, resource_bundles
+
+    cfg = load_config(
+        SMOKE, ["finetune.use_gpu=true", "finetune.num_env_runners=2", "finetune.eval_episodes=0"]
+    )
+    frames = FrameSpec.from_config(cfg.data)
+    config = dqn_config(cfg, ModelSpec(frames.input_shape((210, 160, 3)), (("action", 4),)), frames)
+    assert (config.num_learners, config.num_gpus_per_learner, config.num_gpus_per_env_runner) == (1, 1, 0)
+    rllib = DQfD.default_resource_request(config).bundles  # what RLlib itself would reserve
+    driver, *rest = rllib
+    assert driver.get("GPU", 0) == 0
+    assert [b for b in rest if b.get("GPU")] == [{"GPU": 1}]  # the learner: 1 GPU ("auto" CPUs: 0)
+    assert [b for b in rest if not b.get("GPU")] == [{"CPU": 1.0}, {"CPU": 1.0}]  # env runners
+    # a sweep trial reserves the same learner and env-runner bundles in its placement group
+    ours = resource_bundles(cfg, driver_cpus=0.01)
+    assert ours[0] == {"CPU": 0.01, "GPU": 0.0}
+
+    def nonzero(bundles):
+        return sorted(({k: v for k, v in b.items() if v} for b in bundles), key=repr)
+
+    assert nonzero(ours[1:]) == nonzero(rest)
+    # without a GPU the learner stays in the driver unless asked; contradictory settings are refused
+    assert load_config(SMOKE).finetune.num_learners is None
+    assert (
+        dqn_config(
+            load_config(SMOKE), ModelSpec(frames.input_shape((210, 160, 3)), (("action", 4),)), frames
+        ).num_learners
+        == 0
+    )
+    with pytest.raises(
+        ConfigError, match="finetune.use_gpu=true with finetune.num_learners=0 .* CPU-only head"
+    ):
+        load_config(SMOKE, ["finetune.use_gpu=true", "finetune.num_learners=0"])
+    with pytest.raises(ConfigError, match="finetune.num_learners must be 0 .* or 1 .*, got 2"):
+        load_config(SMOKE, ["finetune.num_learners=2"])
+
+
 def test_training_continues_when_an_env_runner_is_killed(bc_run):
     cfg = cfg_for(
         bc_run,

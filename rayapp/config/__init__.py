@@ -13,6 +13,7 @@ from rayapp.config.loader import (
     describe_keys,
     dump_config,
     load_config,
+    path_keys,
     set_key,
 )
 from rayapp.config.sections import (
@@ -46,5 +47,6 @@ __all__ = [
     "describe_keys",
     "dump_config",
     "load_config",
+    "path_keys",
     "set_key",
 ]

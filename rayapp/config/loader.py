@@ -14,7 +14,15 @@ import yaml
 from rayapp.config.tree import Config
 from rayapp.errors import ConfigError
 
-__all__ = ["load_config", "set_key", "config_to_dict", "config_from_dict", "dump_config", "describe_keys"]
+__all__ = [
+    "load_config",
+    "set_key",
+    "config_to_dict",
+    "config_from_dict",
+    "dump_config",
+    "describe_keys",
+    "path_keys",
+]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -217,4 +225,20 @@ def describe_keys() -> list[tuple[str, str, Any, str]]:
                 )
 
     walk(Config(), "")
+    return out
+
+
+def path_keys() -> dict[str, tuple[str, ...]]:
+    """Every key marked `path=True`, with its values that name no location."""
+    out: dict[str, tuple[str, ...]] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            elif f.metadata.get("path"):
+                out[prefix + f.name] = f.metadata["not_paths"]
+
+    walk(Config, "")
     return out

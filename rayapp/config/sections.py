@@ -21,11 +21,18 @@ __all__ = [
 ]
 
 
-def opt(default: Any, help: str) -> Any:
-    """A config field with its help text (shown by `rayapp config keys`)."""
+def opt(default: Any, help: str, path: bool = False, not_paths: tuple[str, ...] = ()) -> Any:
+    """A config field with its help text (shown by `rayapp config keys`).
+
+    `path=True` marks a key whose value is a file location (a local path or a URI): stages that run
+    in other processes or folders (Tune trials) get it made absolute first (`path_keys`);
+    `not_paths` are the key's values that name no location (e.g. 'none')."""
+    meta: dict[str, Any] = {"help": help}
+    if path:
+        meta.update(path=True, not_paths=tuple(not_paths))
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -33,6 +40,7 @@ class RunConfig:
     dir: str = opt(
         "runs/default",
         "folder where a stage writes its outputs: resolved config, checkpoints, metrics, reports",
+        path=True,
     )
     seed: int = opt(0, "base random seed; collectors and workers derive their own from it")
 
@@ -71,6 +79,7 @@ class DataConfig:
     uri: str = opt(
         "",
         "the dataset a stage reads or writes: a path, file://, s3://bucket/prefix or gs://; empty: <run.dir>/replays",
+        path=True,
     )
     max_corrupt_shards: int = opt(
         0, "corrupt shards a reader may skip (and count) before it fails; 0: fail on the first"
@@ -129,7 +138,9 @@ class RecordConfig:
     epsilon: float = opt(
         0.1, "noisy_teacher and checkpoint: probability of a uniformly random action instead of the policy's"
     )
-    checkpoint: str = opt("", "policy=checkpoint: a run folder (its best checkpoint) or a checkpoint folder")
+    checkpoint: str = opt(
+        "", "policy=checkpoint: a run folder (its best checkpoint) or a checkpoint folder", path=True
+    )
     episodes: int = opt(20, "episodes to record in all (0: no limit, then `steps` must be set)")
     steps: int = opt(0, "stop after this many steps in all, finishing the episodes in progress (0: no limit)")
     collectors: int = opt(2, "collector actors recording in parallel into the same dataset")
@@ -169,7 +180,7 @@ class ModelConfig:
     hidden: int = opt(512, "features after the CNN's fully connected layer")
     lstm_hidden: int = opt(256, "cnn_lstm: LSTM state size")
     init_checkpoint: str = opt(
-        "", "start from these weights: a checkpoint folder or a run folder (its best checkpoint)"
+        "", "start from these weights: a checkpoint folder or a run folder (its best checkpoint)", path=True
     )
 
 
@@ -205,6 +216,8 @@ class FinetuneConfig:
     init_checkpoint: str = opt(
         "",
         "the BC policy to start from: a checkpoint or run folder; empty: <run.dir> (its pretrain); 'none': DQN from scratch",
+        path=True,
+        not_paths=("none",),
     )
     offline_updates: int = opt(
         2000, "learner updates on the demonstrations alone before touching the game (0: skip)"
@@ -267,7 +280,14 @@ class FinetuneConfig:
     steps_per_iteration: int = opt(
         1000, "env steps per algorithm iteration (one metrics row, at least one sample call)"
     )
-    use_gpu: bool = opt(False, "learner on a GPU")
+    use_gpu: bool = opt(
+        False,
+        "the learner on a GPU: a remote learner actor asking for one GPU (finetune.num_learners >= 1); env runners stay on CPU",
+    )
+    num_learners: int | None = opt(
+        None,
+        "RLlib learner actors: 0 learns in the driver process, 1 in a remote actor (where a GPU can be); null: 1 with use_gpu, else 0",
+    )
     deterministic: bool = opt(
         False,
         "torch's deterministic kernels in learner and env runners (slower on CPU: about 2x when acting)",
@@ -321,9 +341,10 @@ class SweepConfig:
     max_concurrent: int = opt(1, "trials at a time (each trial reserves its own workers)")
     trial_cpus: float = opt(
         0.01,
-        "CPUs reserved by a trial's own process (pretrain: Ray Train workers reserve theirs; finetune: the learner runs here)",
+        "CPUs reserved by a trial's own process (pretrain: Ray Train workers reserve theirs; finetune: the learner runs here unless num_learners=1)",
     )
     trial_gpus: float = opt(
-        0.0, "GPUs reserved by a trial's own process (fractions share a GPU; finetune: the learner's)"
+        0.0,
+        "GPUs reserved by a trial's own process (fractions share a GPU); finetune: 0, the learner actor asks via finetune.use_gpu",
     )
     max_failures: int = opt(0, "retries of a crashed trial (a crash never stops the sweep)")

@@ -99,6 +99,16 @@ class Config:
             raise ConfigError(
                 "finetune.demo_ratio and finetune.epsilon in [0, 1], finetune.updates_per_env_step > 0"
             )
+        if f.num_learners is not None and not 0 <= f.num_learners <= 1:
+            raise ConfigError(
+                f"finetune.num_learners must be 0 (learn in the driver) or 1 (a remote learner actor), got {f.num_learners}: "
+                "DQfD's priority updates follow one learner's batches"
+            )
+        if f.use_gpu and f.num_learners == 0:
+            raise ConfigError(
+                "finetune.use_gpu=true with finetune.num_learners=0 would put the GPU learner in the driver process, "
+                "which on a cluster runs on the CPU-only head: set finetune.num_learners=1 (or null) for a remote GPU learner"
+            )
         if f.online_steps and f.rollout_fragment_length < 1:
             raise ConfigError("finetune.rollout_fragment_length must be >= 1")
         sw = self.sweep

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from rayapp.frames import FrameSpec
 from rayapp.models.checkpoint import PolicyCheckpoint, load_policy, save_policy, write_best
 from rayapp.models.nets import ModelSpec, build_model
 from rayapp.progress import Progress
+from rayapp.rl.dqn_config import build_algorithm, eval_tasks
 from rayapp.runs import save_resolved_config
 from rayapp.runtime import init_ray, require_resources
 from rayapp.storage import exists, resolve
@@ -59,108 +61,9 @@ def init_policy(cfg: Config) -> PolicyCheckpoint | None:
     return pol
 
 
-class _ScoreCallback:
-    """Env-runner callback: the raw (unclipped) score of every finished episode."""
-
-    @staticmethod
-    def on_episode_end(*, episode, metrics_logger=None, **kwargs) -> None:
-        info = episode.get_infos(-1) or {}
-        if metrics_logger is not None and "episode_score" in info:
-            metrics_logger.log_value("episode_score", float(info["episode_score"]), window=20)
-
-
 def q_spec(cfg: Config, spec: ModelSpec) -> ModelSpec:
     """The Q-network's spec for a BC network: the same layers, plus a value head when `finetune.dueling`."""
     return dataclasses.replace(spec, dueling=cfg.finetune.dueling or spec.dueling)
-
-
-def build_algorithm(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None = None):
-    """The DQfD algorithm with rayapp's Q-module, env, learner and the config's settings."""
-    from ray.rllib.algorithms.dqn import DQNConfig
-    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-
-    from rayapp.rl.algorithm import DQfD
-    from rayapp.rl.env import ENV_NAME, env_config, register
-    from rayapp.rl.learner import DQfDTorchLearner
-    from rayapp.rl.module import PixelQModule
-
-    f = cfg.finetune
-    register()
-    if f.epsilon_steps > 0:
-        epsilon: Any = [[0, f.epsilon_start], [f.epsilon_steps, f.epsilon]]
-    else:
-        epsilon = f.epsilon
-    config = (
-        DQNConfig(algo_class=DQfD)
-        .environment(
-            ENV_NAME,
-            env_config=env_config(cfg.env, frames, f.clip_rewards),
-            # discrete actions: nothing to unsquash or clip, and the connector that would deep-copies
-            # every action batch first (2.6% of an env runner's time)
-            normalize_actions=False,
-            clip_actions=False,
-        )
-        .framework(
-            "torch", torch_skip_nan_gradients=True
-        )  # finiteness is checked once per update in the learner
-        .env_runners(
-            num_env_runners=f.num_env_runners,
-            num_envs_per_env_runner=f.envs_per_env_runner,
-            rollout_fragment_length=f.rollout_fragment_length,
-            num_cpus_per_env_runner=f.cpus_per_env_runner,
-            custom_resources_per_env_runner={k: float(v) for k, v in f.env_runner_resources.items()},
-            # the replay buffer takes list-based episodes as they are: stacking each fragment into
-            # arrays in the env runner cost ~8% of its time (fresh 250 KB arrays page-fault here)
-            episodes_to_numpy=False,
-        )
-        .learners(
-            num_learners=0,
-            num_gpus_per_learner=1 if f.use_gpu else 0,
-            learner_class=DQfDTorchLearner,
-            learner_config_dict={
-                "margin_weight": f.margin_weight,
-                "margin": f.margin,
-                "margin_only": f.margin_only,
-                "demo_ratio": f.demo_ratio,
-                "updates_per_env_step": f.updates_per_env_step,
-                "demo_priority_bonus": f.demo_priority_bonus,
-                "demo_action_balance": f.demo_action_balance,
-            },
-        )
-        .training(
-            lr=f.lr,
-            gamma=f.gamma,
-            n_step=f.n_step,
-            train_batch_size_per_learner=f.batch_size,
-            double_q=True,
-            dueling=False,
-            num_atoms=1,
-            epsilon=epsilon,
-            grad_clip=10.0,
-            td_error_loss_fn="huber",
-            target_network_update_freq=f.target_update_steps,
-            num_steps_sampled_before_learning_starts=f.learning_starts,
-            replay_buffer_config={
-                "type": "PrioritizedEpisodeReplayBuffer",
-                "capacity": f.buffer_size,
-                "alpha": f.priority_alpha,
-                "beta": f.priority_beta,
-            },
-        )
-        .rl_module(
-            rl_module_spec=RLModuleSpec(module_class=PixelQModule),
-            model_config={"spec": spec.to_json(), "deterministic": f.deterministic},
-        )
-        .reporting(min_sample_timesteps_per_iteration=f.steps_per_iteration)
-        .fault_tolerance(
-            restart_failed_env_runners=True,
-            max_num_env_runner_restarts=100,
-            delay_between_env_runner_restarts_s=1.0,
-        )
-        .callbacks(on_episode_end=_ScoreCallback.on_episode_end)
-        .debugging(seed=cfg.run.seed if seed is None else seed, log_level="ERROR")
-    )
-    return config.build_algo()
 
 
 def module_state(algo) -> dict[str, np.ndarray]:
@@ -214,7 +117,7 @@ def evaluate_greedy(
 
     env_cfg = dict(dataclasses.asdict(cfg.env), max_episode_steps=cfg.eval.max_episode_steps)
     seeds = [cfg.run.seed * 1000 + seeds_from + i for i in range(episodes)]
-    chunks = max(1, min(episodes, cfg.eval.workers))
+    chunks = eval_tasks(cfg, episodes)
     remote = ray.remote(num_cpus=cfg.eval.cpus_per_worker)(play_episodes)
     refs = [
         remote.remote(
@@ -233,7 +136,9 @@ def _value(result: dict, *path: str, default: Any = None) -> Any:
     return result
 
 
-def finetune(cfg: Config, on_eval: Any = None) -> FinetuneResult:
+def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = None) -> FinetuneResult:
+    """Offline, then online DQfD from the BC policy; `on_eval(point)` is called with every point
+    of the learning curve (env_steps, phase, mean, std, scores, policy) as it is measured."""
     from rayapp.envs.atari import action_controls, game_name, make_atari_env
     from rayapp.metrics import MetricsLogger
     from rayapp.models.checkpoint import check_compatible
@@ -373,6 +278,10 @@ def finetune(cfg: Config, on_eval: Any = None) -> FinetuneResult:
             f"finetune [{phase}] env steps {env_steps:,}: greedy score {point['mean']:.1f} +- {point['std']:.1f} over {len(scores)} episodes",
             flush=True,
         )
+        if on_eval is not None and phase != "final":
+            # the final point is reported once everything is written: a Tune trial may be stopped
+            # (ASHA at max_t) as soon as it reports
+            on_eval(point)
         return point
 
     from ray.rllib.utils.metrics import LEARNER_RESULTS
@@ -481,6 +390,8 @@ def finetune(cfg: Config, on_eval: Any = None) -> FinetuneResult:
         summary = {"policy": result.policy, "final_policy": result.final_policy, "env_steps": steps, "updates": algo.updates,
                    "demo": result.demo, "curve": [{k: p[k] for k in ("env_steps", "phase", "mean", "std")} for p in result.curve]}  # fmt: skip
         write_bytes_atomic(folder.join("result.json"), (json.dumps(summary, indent=2) + "\n").encode())
+        if on_eval is not None and final["phase"] == "final":
+            on_eval(final)
     finally:
         logger.close()
         algo.stop()

@@ -20,12 +20,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayapp.config import Config, config_from_dict, config_to_dict, dump_config, set_key
+from rayapp.config import Config, config_from_dict, config_to_dict, dump_config, path_keys, set_key
 from rayapp.errors import ConfigError, RayappError
 from rayapp.runtime import init_ray
 from rayapp.storage import resolve, write_bytes_atomic
 
-__all__ = ["SweepResult", "sweep", "search_space"]
+__all__ = ["SweepResult", "sweep", "search_space", "absolute_paths", "trial_resources"]
 
 
 def _domain(key: str, spec: Any):
@@ -57,14 +57,39 @@ def _examples(spec: dict) -> list[Any]:
     return list(arg) if kind in ("choice", "grid") else [arg[0], arg[1]]
 
 
+def absolute(value: Any, not_paths: tuple[str, ...] = ()) -> Any:
+    """A path-valued config value that no longer depends on the working directory: local paths
+    made absolute, URIs (s3://, file://, ...) and empty or special values ('none') as they are."""
+    if not isinstance(value, str) or not value or "://" in value or value.lower() in not_paths:
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """A copy of `cfg` with every path-valued key (`rayapp.config.path_keys`) made absolute: Tune
+    runs each trial in its own folder, where a relative path would name something else."""
+    out = config_from_dict(config_to_dict(cfg))
+    for key, not_paths in path_keys().items():
+        section, name = key.split(".")
+        node = getattr(out, section)
+        setattr(node, name, absolute(getattr(node, name), not_paths))
+    return out
+
+
 def search_space(cfg: Config) -> dict[str, Any]:
-    """Tune domains for `sweep.space`; every key and value is checked against the config first."""
+    """Tune domains for `sweep.space`; every key and value is checked against the config first.
+    The values of path-valued keys are made absolute, as the base config's are."""
     if not cfg.sweep.space:
         raise ConfigError(
             "sweep.space is empty: give at least one key to search, e.g. {pretrain.lr: {loguniform: [1.0e-4, 3.0e-3]}}"
         )
     space = {}
+    paths = path_keys()
     for key, spec in cfg.sweep.space.items():
+        if key in paths and isinstance(spec, dict) and len(spec) == 1:
+            ((kind, arg),) = spec.items()
+            if kind in ("choice", "grid") and isinstance(arg, list):
+                spec = {kind: [absolute(v, paths[key]) for v in arg]}
         domain = _domain(key, spec)
         for example in _examples(spec):
             probe = config_from_dict(config_to_dict(cfg))
@@ -97,12 +122,33 @@ def _trial(overrides: dict[str, Any], base: dict[str, Any], stage: str, runs_dir
     else:
         from rayapp.rl.finetune import finetune
 
-        finetune(
-            cfg,
-            on_eval=lambda point: tune.report(
-                {"charts/eval_score": point["mean"], "env_steps": point["env_steps"], "phase": point["phase"]}
-            ),
-        )
+        finetune(cfg, on_eval=lambda point: tune.report(_eval_metrics(point)))
+
+
+def _eval_metrics(point: dict[str, Any]) -> dict[str, Any]:
+    """What a finetune trial reports at each evaluation point (ASHA's rungs are in env steps)."""
+    return {
+        "charts/eval_score": point["mean"],
+        "charts/eval_score_std": point["std"],
+        "env_steps": point["env_steps"],
+        "updates": point["updates"],
+        "phase": point["phase"],
+    }
+
+
+def trial_resources(cfg: Config):
+    """What one trial reserves. A pretrain trial's process only drives its `TorchTrainer`, whose
+    workers reserve their own CPUs and GPUs. A finetune trial reserves a placement group holding
+    everything its run starts (Ray places a trial's actors and tasks inside it): its own process,
+    the learner actor (with its GPU when `finetune.use_gpu`), env runners and evaluation tasks."""
+    from ray import tune
+
+    sw = cfg.sweep
+    if sw.stage == "pretrain":
+        return {"cpu": sw.trial_cpus, **({"gpu": sw.trial_gpus} if sw.trial_gpus else {})}
+    from rayapp.rl.dqn_config import resource_bundles
+
+    return tune.PlacementGroupFactory(resource_bundles(cfg, sw.trial_cpus), strategy="PACK")
 
 
 @dataclass
@@ -143,6 +189,29 @@ def _check_validation_split(cfg: Config, metric: str) -> None:
         )
 
 
+def _check_trial_fits(cfg: Config) -> None:
+    """A finetune trial's placement group must fit the cluster, or Tune waits for it forever."""
+    import ray
+
+    from rayapp.rl.dqn_config import learner_placement, resource_bundles
+
+    need: dict[str, float] = {}
+    for bundle in resource_bundles(cfg, cfg.sweep.trial_cpus):
+        for k, v in bundle.items():
+            need[k] = need.get(k, 0.0) + v
+    have = ray.cluster_resources()
+    short = {k: v for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
+    if short:
+        f, e = cfg.finetune, cfg.eval
+        parts = (f"its process {cfg.sweep.trial_cpus} CPU, {learner_placement(f)[0]} learner actor(s), "
+                 f"{f.num_env_runners} env runner(s) x {f.cpus_per_env_runner} CPU, evaluation tasks of {e.cpus_per_worker} CPU")  # fmt: skip
+        raise ConfigError(
+            f"a finetune trial reserves {', '.join(f'{v:g} {k}' for k, v in need.items() if v)} ({parts}) but this Ray "
+            f"cluster has {', '.join(f'{have.get(k, 0.0):g} {k}' for k in short)}: lower sweep.trial_cpus, "
+            "finetune.num_env_runners, finetune.cpus_per_env_runner or eval.workers"
+        )
+
+
 def sweep(cfg: Config) -> SweepResult:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -150,11 +219,15 @@ def sweep(cfg: Config) -> SweepResult:
     sw = cfg.sweep
     space = search_space(cfg)  # bad keys and values fail here, before Ray
     metric = sw.metric or ("val/balanced_accuracy" if sw.stage == "pretrain" else "charts/eval_score")
-    base_cfg = config_from_dict(config_to_dict(cfg))
+    if sw.stage == "finetune" and sw.trial_gpus:
+        raise ConfigError(
+            f"sweep.trial_gpus={sw.trial_gpus} would reserve a GPU for the trial's own process, where a finetune "
+            "trial does no GPU work: set finetune.use_gpu=true instead (its learner actor asks for the GPU) and sweep.trial_gpus=0"
+        )
     # trials run in other processes and folders: paths must not depend on the working directory
-    base_cfg.data.uri = resolve(cfg.data_uri).uri if "://" in cfg.data_uri else os.path.abspath(cfg.data_uri)
-    run = resolve(cfg.run.dir if "://" in cfg.run.dir else os.path.abspath(cfg.run.dir))
-    base_cfg.run.dir = run.uri
+    base_cfg = absolute_paths(cfg)
+    base_cfg.data.uri = base_cfg.data_uri
+    run = resolve(base_cfg.run.dir)
     base = config_to_dict(base_cfg)
     runs_dir = run.join("sweep", "runs").uri
     from rayapp.runs import save_resolved_config
@@ -163,9 +236,15 @@ def sweep(cfg: Config) -> SweepResult:
         _check_validation_split(cfg, metric)
     save_resolved_config(cfg, "sweep")
     init_ray(cfg.ray)
-    resources = {"cpu": sw.trial_cpus}
-    if sw.trial_gpus:
-        resources["gpu"] = sw.trial_gpus
+    if sw.stage == "finetune":
+        _check_trial_fits(base_cfg)
+    if sw.stage == "pretrain":
+        resources: Any = trial_resources(base_cfg)
+    else:  # a finetune trial's resources follow its own config (the space may change env runners, ...)
+
+        def resources(overrides: dict[str, Any]):
+            return trial_resources(apply(base, overrides, "sweep.space"))
+
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=base, stage=sw.stage, runs_dir=runs_dir), resources
     )
