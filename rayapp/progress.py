@@ -13,8 +13,13 @@ __all__ = ["Progress"]
 
 
 class Progress:
-    def __init__(self, total: float | None, desc: str, unit: str = "it", log_every: float = 10.0):
-        self.tty = sys.stderr.isatty()
+    def __init__(
+        self, total: float | None, desc: str, unit: str = "it", log_every: float = 10.0, stream=None
+    ):
+        # stream: where the lines go (default stderr); Ray workers pass stdout, because the CLI
+        # sends their stderr (Ray's logs, tracebacks) to the log file only (rayapp.console)
+        self.stream = stream
+        self.tty = sys.stderr.isatty() and stream is None
         self.total, self.desc, self.unit = total, desc, unit
         self.n = 0.0
         self.postfix: dict[str, Any] = {}
@@ -42,7 +47,7 @@ class Progress:
         extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
         print(
             f"{self.desc}: {self.n:g}{total} {self.unit} [{time.monotonic() - self._t0:.0f}s] {extra}",
-            file=sys.stderr,
+            file=self.stream or sys.stderr,
             flush=True,
         )
 
@@ -50,7 +55,7 @@ class Progress:
         if self.bar is not None:
             self.bar.write(msg, file=sys.stderr)
         else:
-            print(msg, file=sys.stderr, flush=True)
+            print(msg, file=self.stream or sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
