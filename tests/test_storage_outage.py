@@ -7,7 +7,7 @@ in the process, so the objects are still there) and reruns the same command.
 """
 
 import csv
-import io
+import json
 import logging
 import os
 import re
@@ -177,8 +177,8 @@ def test_run_dir_storage_gone_mid_training_one_line_then_resume(replays, outage_
     out = "\n".join(lines)
     assert rc == 0, out[-3000:]
     assert "pretrain: resumed from the checkpoint of epoch 1" in out, out[-3000:]
-    rows = list(csv.DictReader(io.StringIO(s3.text("run/pretrain/metrics.csv"))))
-    assert [int(r["epoch"]) for r in rows] == [1, 2], rows
+    assert "pretrain epoch 2/2: loss" in out and "pretrain epoch 1/2: loss" not in out, out[-3000:]
+    assert json.loads(s3.text("run/pretrain/latest.json"))["epoch"] == 2
     print(f"outage run {t1 - t0:.0f} s, resumed run {time.monotonic() - t1:.0f} s")
 
 
