@@ -97,8 +97,8 @@ def _write(text: str) -> None:
 
 
 def _worker_lines(data: dict, ray_printer) -> None:
-    who = data.get("actor_name") or data.get("task_name") or ""
-    prefix = f"({who} pid={data.get('pid')}{' err' if data.get('is_err') else ''}) "
+    who = data.get("actor_name") or data.get("task_name")
+    prefix = f"({who + ' ' if who else ''}pid={data.get('pid')}{' err' if data.get('is_err') else ''}) "
     _write("".join(f"{prefix}{line}\n" for line in data.get("lines", ())))
     if _state["console"] and (_state["debug"] or not data.get("is_err")):
         ray_printer(data)

@@ -213,7 +213,7 @@ def retry_io(fn: Callable[[], object], uri: str, extra: Iterable[str] = ()):
                     else ""
                 )
                 raise StorageError(explain(uri, e) + tried) from e
-            log.warning("%s; retry %d/%d in %.1f s", explain(uri, e), attempt + 1, retries, delay)
+            log.info("%s; retry %d/%d in %.1f s", explain(uri, e), attempt + 1, retries, delay)
             time.sleep(delay)
             delay = min(2 * delay, 8.0)
     raise AssertionError("unreachable")

@@ -249,3 +249,26 @@ def test_console_hook_into_ray_log_forwarding_exists():
     import inspect
 
     assert '"ray_print_logs"' in inspect.getsource(rw)
+
+
+def test_console_routes_worker_stderr_to_the_log_only(tmp_path):
+    """Workers' stdout reaches the console, their stderr only the log file; --debug shows both."""
+    from rayapp import console
+
+    printed = []
+    try:
+        for debug in (False, True):
+            path = console.start("pretrain", str(tmp_path / "run"), debug=debug)
+            assert path == str(tmp_path / "run" / "logs" / "pretrain.log")
+            console._worker_lines(
+                {"lines": ["pretrain epoch 1/3"], "is_err": False, "pid": 1}, printed.append
+            )
+            console._worker_lines({"lines": ["Traceback (most recent call last):"], "is_err": True, "pid": 2}, printed.append)  # fmt: skip
+            console.finish()  # after this, nothing more reaches the console
+            console._worker_lines({"lines": ["late"], "is_err": False, "pid": 1}, printed.append)
+            assert console.where() == f" (details and tracebacks: {path}; --debug shows them here)"
+    finally:
+        console._close()
+    assert [d["lines"][0] for d in printed] == ["pretrain epoch 1/3", "pretrain epoch 1/3", "Traceback (most recent call last):"]  # fmt: skip
+    text = open(path).read()
+    assert text.count("(pid=2 err) Traceback") == 2 and text.count("late") == 2
