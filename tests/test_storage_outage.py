@@ -149,7 +149,7 @@ def test_dataset_storage_gone_mid_training_one_line_then_resume(replays, outage_
     last = _check_one_last_line(
         rc, lines, waited, names=[s3.endpoint, f"s3://{s3.bucket}/replays/shards/", ".parquet (row group "]
     )
-    assert f"log: {run_dir}/logs/pretrain.log" in last or f"{run_dir}/logs/pretrain.log" in last
+    assert f"details and tracebacks: {run_dir}/logs/pretrain.log;" in last
     epoch = int(re.search(r"resumes from the checkpoint of epoch (\d+)", last).group(1))
     t1 = time.monotonic()
 
