@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from rayapp import __version__
+from rayapp import __version__, console
 from rayapp.config import Config, describe_keys, dump_config, load_config
 from rayapp.errors import RayappError
 from rayapp.logs import install as quiet_logs
@@ -26,6 +26,8 @@ from rayapp.logs import install as quiet_logs
 __all__ = ["main", "build_parser"]
 
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {}
+# commands that run Ray: they keep a log file (rayapp.console), the console ends with one error line
+RAY_COMMANDS = ("record", "pretrain", "finetune", "sweep", "evaluate", "pipeline")
 
 
 def command(name: str) -> Callable:
@@ -189,12 +191,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_logs()
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.command in RAY_COMMANDS:
+            console.start(args.command, cfg.run.dir, debug=args.debug)
         return COMMANDS[args.command](cfg, args)
     except RayappError as e:
+        console.log_exception(e)
         if args.debug:
             raise
-        print(f"rayapp {args.command}: error: {e}", file=sys.stderr)
+        console.finish()  # nothing Ray still has to say comes after the line
+        print(f"rayapp {args.command}: error: {' '.join(str(e).split())}{console.where()}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:  # noqa: BLE001 - a bug: one line here, the traceback in the log file
+        console.log_exception(e)
+        if args.debug or not console.log_path():
+            raise
+        console.finish()
+        msg = " ".join(str(e).split())[:300]
+        print(
+            f"rayapp {args.command}: unexpected error {type(e).__name__}: {msg}{console.where()}",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print(f"rayapp {args.command}: interrupted; what was already written is kept", file=sys.stderr)
         return 130

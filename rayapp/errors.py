@@ -10,6 +10,7 @@ __all__ = [
     "ReplayFormatError",
     "CorruptShardError",
     "StageError",
+    "find_error",
 ]
 
 
@@ -48,3 +49,42 @@ class CorruptShardError(ReplayFormatError):
 
 class StageError(RayappError):
     """A pipeline stage failed; the message names the stage and how to resume."""
+
+
+_RAY_WRAPPERS = ("RayTaskError", "RayActorError", "RayError", "RayTrainError")
+_RAY_DATA_RETRY_NOTE = "\nFailed to "
+
+
+def find_error(exc: BaseException, types: type | tuple[type, ...]) -> BaseException | None:
+    """The original `types` error inside what Ray wrapped around it, or None.
+
+    Ray Train and Ray Data wrap a worker's exception several times over (`WorkerGroupError`
+    .worker_failures, `ControllerError.controller_failure`, `RayTaskError.cause`, Ray Train's
+    `UserExceptionWithTraceback`, whose private `_base_exc` is the only way to the exception a worker
+    raised: tests/test_console.py fails if it moves). Ray's dual-class copies (a RayTaskError that is
+    also a StorageError, whose str() is a whole traceback) are skipped for the original.
+    """
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen or not isinstance(e, BaseException):
+            continue
+        seen.add(id(e))
+        if isinstance(e, types) and not any(c.__name__ in _RAY_WRAPPERS for c in type(e).__mro__):
+            if e.args and isinstance(e.args[0], str) and _RAY_DATA_RETRY_NOTE in e.args[0]:
+                # Ray Data appends the story of its own retries to the message of the exception a
+                # task raised (ray.data._internal.util); ours are one line and say what to do
+                e.args = (e.args[0].split(_RAY_DATA_RETRY_NOTE, 1)[0], *e.args[1:])
+            return e
+        todo += [
+            e.__cause__,
+            e.__context__,
+            getattr(e, "cause", None),
+            getattr(e, "controller_failure", None),
+        ]
+        todo.append(getattr(e, "_base_exc", None))
+        failures = getattr(e, "worker_failures", None)
+        if isinstance(failures, dict):
+            todo += list(failures.values())
+    return None

@@ -12,16 +12,23 @@ from tqdm.auto import tqdm
 __all__ = ["Progress", "say"]
 
 
-def say(text: str) -> None:
-    """One line to stderr, written to the stream itself: Ray Train patches `print` in its workers
-    to go through the root logger *and* the (wrapped) stream, which printed every line twice."""
-    sys.stderr.write(text.rstrip() + "\n")
-    sys.stderr.flush()
+def say(text: str, stream=None) -> None:
+    """One line to `stream` (default stderr), written to the stream itself: Ray Train patches
+    `print` in its workers to go through the root logger *and* the (wrapped) stream, which printed
+    every line twice."""
+    out = stream or sys.stderr
+    out.write(text.rstrip() + "\n")
+    out.flush()
 
 
 class Progress:
-    def __init__(self, total: float | None, desc: str, unit: str = "it", log_every: float = 10.0):
-        self.tty = sys.stderr.isatty()
+    def __init__(
+        self, total: float | None, desc: str, unit: str = "it", log_every: float = 10.0, stream=None
+    ):
+        # stream: where the lines go (default stderr); Ray workers pass stdout, because the CLI
+        # sends their stderr (Ray's logs, tracebacks) to the log file only (rayapp.console)
+        self.stream = stream
+        self.tty = sys.stderr.isatty() and stream is None
         self.total, self.desc, self.unit = total, desc, unit
         self.n = 0.0
         self.postfix: dict[str, Any] = {}
@@ -47,13 +54,16 @@ class Progress:
     def _print(self) -> None:
         total = f"/{self.total:g}" if self.total is not None else ""
         extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
-        say(f"{self.desc}: {self.n:g}{total} {self.unit} [{time.monotonic() - self._t0:.0f}s] {extra}")
+        say(
+            f"{self.desc}: {self.n:g}{total} {self.unit} [{time.monotonic() - self._t0:.0f}s] {extra}",
+            self.stream,
+        )
 
     def write(self, msg: str) -> None:
         if self.bar is not None:
             self.bar.write(msg, file=sys.stderr)
         else:
-            say(msg)
+            say(msg, self.stream)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -41,6 +41,9 @@ def init_ray(cfg: RayConfig) -> None:
         raise RayappError(
             f"cannot join the Ray cluster at {address}: {msg} (check ray.address / RAY_ADDRESS and `ray status`)"
         ) from None
+    from rayapp.console import attach_ray
+
+    attach_ray()  # under the CLI: workers' stderr (Ray's logs, tracebacks) to the log file only
 
 
 def cluster_nodes() -> int:

@@ -5,15 +5,22 @@ S3 settings come from the standard AWS variables, so any S3-compatible store wor
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN`` or ``AWS_PROFILE`` for credentials,
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` for the region. Errors from storage are turned into one line
 that names the URI and what to check.
+
+Transient failures (the endpoint unreachable, 5xx, throttling) are retried with exponential
+backoff: ``RAYAPP_IO_RETRIES`` times (default 4) starting at ``RAYAPP_IO_RETRY_DELAY`` seconds
+(default 0.5: 0.5 + 1 + 2 + 4 s, then the error), on top of pyarrow's own quick retries
+(``RAYAPP_S3_MAX_ATTEMPTS``). A storage that stays away fails within seconds, never hangs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -21,7 +28,20 @@ import pyarrow.fs as pafs
 
 from rayapp.errors import StorageError
 
-__all__ = ["Location", "resolve", "storage_errors", "join", "write_bytes_atomic", "read_bytes", "s3_endpoint"]
+__all__ = [
+    "Location",
+    "resolve",
+    "storage_errors",
+    "join",
+    "write_bytes_atomic",
+    "read_bytes",
+    "s3_endpoint",
+    "is_transient",
+    "is_storage_failure",
+    "retry_io",
+]
+
+log = logging.getLogger(__name__)
 
 
 def s3_endpoint() -> str | None:
@@ -108,6 +128,31 @@ _DENIED = re.compile(
 )
 _NO_BUCKET = re.compile(r"NoSuchBucket|NO_SUCH_BUCKET|bucket does not exist|Bucket '.*' not found", re.I)
 _NO_CREDS = re.compile(r"credentials|Unable to locate|No response body", re.I)
+# what is worth retrying: the endpoint gone or overloaded (the patterns of Ray Data's
+# DEFAULT_RETRIED_IO_ERRORS, plus the curl/socket wordings of a refused or timed-out connection)
+_TRANSIENT = re.compile(
+    _NETWORK.pattern
+    + r"|INTERNAL_FAILURE|SLOW_DOWN|SlowDown|SERVICE_UNAVAILABLE|ServiceUnavailable|HTTP status 50[0-4]"
+    r"|InternalError|RequestTimeout|Connection reset|Broken pipe",
+    re.I,
+)
+
+
+def is_storage_failure(err: BaseException) -> bool:
+    """Whether an error is storage refusing or out of reach (as opposed to, say, a bug)."""
+    msg = str(err)
+    return any(r.search(msg) for r in (_NETWORK, _DENIED, _NO_BUCKET)) or bool(
+        re.search(r"AWS Error|curlCode", msg)
+    )
+
+
+def is_transient(err: BaseException, extra: Iterable[str] = ()) -> bool:
+    """Whether a storage error may go away by itself (worth a retry); `extra`: more substrings
+    (e.g. Ray Data's `DataContext.retried_io_errors`)."""
+    if not isinstance(err, OSError):
+        return False
+    msg = str(err)
+    return bool(_TRANSIENT.search(msg)) or any(p and p in msg for p in extra)
 
 
 def explain(uri: str, err: BaseException) -> str:
@@ -149,32 +194,61 @@ def storage_errors(uri: str) -> Iterator[None]:
         raise StorageError(explain(uri, e)) from e
 
 
+def retry_io(fn: Callable[[], object], uri: str, extra: Iterable[str] = ()):
+    """Call `fn`, retrying transient storage errors with exponential backoff (a bounded number of
+    times, see the module docstring); the last failure becomes a StorageError naming `uri`."""
+    retries = int(os.environ.get("RAYAPP_IO_RETRIES", "4"))
+    delay = float(os.environ.get("RAYAPP_IO_RETRY_DELAY", "0.5"))
+    t0 = time.monotonic()
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except StorageError:
+            raise
+        except OSError as e:
+            if attempt == retries or not is_transient(e, extra):
+                tried = (
+                    f" (gave up after {attempt + 1} attempts in {time.monotonic() - t0:.0f} s)"
+                    if attempt
+                    else ""
+                )
+                raise StorageError(explain(uri, e) + tried) from e
+            log.info("%s; retry %d/%d in %.1f s", explain(uri, e), attempt + 1, retries, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 8.0)
+    raise AssertionError("unreachable")
+
+
 def write_bytes_atomic(loc: Location, data: bytes) -> None:
     """Write a small file so readers see the old content or the new, never a part.
 
     Locally: a temporary name and a rename. On object storage: one upload, visible on completion.
     """
-    with storage_errors(loc.uri):
-        if loc.is_local:
-            parent = os.path.dirname(loc.path)
-            os.makedirs(parent, exist_ok=True)
-            tmp = os.path.join(parent, f"_tmp-{uuid.uuid4().hex}-{os.path.basename(loc.path)}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, loc.path)
-        else:
-            with loc.fs.open_output_stream(loc.path) as f:
-                f.write(data)
+    retry_io(lambda: _write(loc, data), loc.uri)
+
+
+def _write(loc: Location, data: bytes) -> None:
+    if loc.is_local:
+        parent = os.path.dirname(loc.path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f"_tmp-{uuid.uuid4().hex}-{os.path.basename(loc.path)}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, loc.path)
+    else:
+        with loc.fs.open_output_stream(loc.path) as f:
+            f.write(data)
 
 
 def read_bytes(loc: Location) -> bytes:
-    with storage_errors(loc.uri):
+    def read() -> bytes:
         with loc.fs.open_input_stream(loc.path) as f:
             return f.read()
 
+    return retry_io(read, loc.uri)
+
 
 def exists(loc: Location) -> bool:
-    with storage_errors(loc.uri):
-        return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
+    return retry_io(lambda: loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound, loc.uri)

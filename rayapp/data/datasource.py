@@ -72,9 +72,11 @@ def plan_tasks(
 
 
 def _blocks(spec: ReadSpec, task: TaskSpec, epoch: int) -> Iterator:
+    from ray.data import DataContext
     from ray.data.block import BlockAccessor
 
-    for batch in read_samples(spec, task, epoch):
+    retryable = DataContext.get_current().retried_io_errors  # Ray Data's own list, honoured here too
+    for batch in read_samples(spec, task, epoch, retryable):
         yield BlockAccessor.batch_to_block(batch)
 
 

@@ -120,6 +120,7 @@ class Ingest:
             shuffle=train and self.cfg.shuffle_blocks,
             seed=self.seed,
             include_ids=include_ids,
+            uri_prefix="" if self.index.ds.loc.is_local else f"{self.index.ds.loc.scheme}://",
         )
 
     def tasks(self, split: str | None):

@@ -8,13 +8,16 @@ boundary: the first frames of an episode are padded with its first frame (as gym
 FrameStackObservation pads with the reset observation). A jump in `step` inside one episode (a
 shard lost to corruption) is treated like an episode boundary.
 
+Reads that fail transiently (storage unreachable, 5xx) are retried with backoff a bounded number
+of times (`rayapp.storage.retry_io`); the last failure is a StorageError naming the shard.
+
 This module does not import Ray: the Ray Data datasource and the benchmark's PyTorch DataLoader
 both call `read_samples`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +26,7 @@ import pyarrow.parquet as pq
 
 from rayapp.frames import FrameSpec, Preprocessor
 from rayapp.replay.schema import ObservationSpec, decode_frames, frames_view
+from rayapp.storage import retry_io
 
 __all__ = ["ReadSpec", "TaskSpec", "read_samples", "stack_indices", "clip_positions"]
 
@@ -54,6 +58,7 @@ class ReadSpec:
     include_ids: bool = False  # also emit episode_id and step (tests, debugging)
     block_rows: int = 1024
     extra_columns: tuple[str, ...] = field(default=())
+    uri_prefix: str = ""  # what turns a filesystem path into the URI users know ("s3://"; "" locally)
 
 
 def stack_indices(segment_start: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
@@ -87,8 +92,24 @@ def _open(fs: pafs.FileSystem, path: str, cache: dict) -> pq.ParquetFile:
     return pf
 
 
-def read_samples(spec: ReadSpec, task: TaskSpec, epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Yield batches (dicts of numpy arrays) of the task's samples."""
+def _read_group(
+    spec: ReadSpec, path: str, group: int, cols: list[str], files: dict, retryable: Iterable[str]
+):
+    def read():
+        try:
+            return _open(spec.filesystem, path, files).read_row_group(group, columns=cols)
+        except OSError:
+            files.pop(path, None)  # reopen on the next attempt
+            raise
+
+    return retry_io(read, f"{spec.uri_prefix}{path} (row group {group})", retryable)
+
+
+def read_samples(
+    spec: ReadSpec, task: TaskSpec, epoch: int = 0, retryable: Iterable[str] = ()
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield batches (dicts of numpy arrays) of the task's samples; `retryable`: more error
+    substrings worth a retry (Ray Data's `DataContext.retried_io_errors`)."""
     pre = Preprocessor(spec.frames, spec.obs.shape)
     k = spec.frames.frame_stack
     L = spec.clip_length
@@ -96,7 +117,7 @@ def read_samples(spec: ReadSpec, task: TaskSpec, epoch: int = 0) -> Iterator[dic
     files: dict[str, pq.ParquetFile] = {}
     frames, eps, steps, labels, owned = [], [], [], [], []
     for path, group, role in task.groups:
-        t = _open(spec.filesystem, path, files).read_row_group(group, columns=cols)
+        t = _read_group(spec, path, group, cols, files, retryable)
         if role == "context":
             t = t.slice(max(0, t.num_rows - max(k - 1, 1 if L else 0)))
         elif role == "lookahead":

@@ -25,12 +25,12 @@ from ray.train.torch import TorchTrainer
 
 from rayapp.config import Config, config_to_dict
 from rayapp.data.pipeline import build_ingest, configure_data_context, train_data_config
-from rayapp.errors import RayappError, StageError
+from rayapp.errors import RayappError, StageError, StorageError, find_error
 from rayapp.models.checkpoint import check_compatible, load_policy, write_best
 from rayapp.models.nets import ModelSpec
 from rayapp.runs import save_resolved_config
 from rayapp.runtime import init_ray
-from rayapp.storage import exists, read_bytes, resolve, write_bytes_atomic
+from rayapp.storage import exists, explain, is_storage_failure, read_bytes, resolve, write_bytes_atomic
 from rayapp.train.bc_loop import train_fn_per_worker
 from rayapp.train.callback import ReportCallback
 
@@ -50,6 +50,39 @@ def _storage(run_dir: str):
     if loc.is_local:
         return loc.path, None, ""
     return loc.path, loc.fs, f"{loc.scheme}://"
+
+
+def _resume_point(folder) -> str:
+    """Where a rerun resumes from, as far as storage still says (it may be what failed)."""
+    latest = folder.join("latest.json")
+    try:  # one attempt, no backoff: the error is already known
+        with latest.fs.open_input_stream(latest.path) as f:
+            return f"the checkpoint of epoch {json.loads(f.read())['epoch']} in {folder.uri}"
+    except FileNotFoundError:
+        return f"the start (no checkpoint yet in {folder.uri})"
+    except (OSError, ValueError, KeyError):
+        return f"its last checkpoint in {folder.uri}"
+
+
+def _failure(e: BaseException, folder) -> RayappError:
+    """One line for what ended `trainer.fit()`: the RayappError a worker or the controller raised
+    (a storage error says what to do and where a rerun resumes), else the first error."""
+    err = find_error(e, RayappError)
+    if err is None:
+        oserr = find_error(e, OSError)
+        if oserr is not None and is_storage_failure(oserr):  # Ray's own writes into run.dir
+            err = StorageError(explain(folder.uri, oserr))
+    if isinstance(err, StorageError):
+        return StorageError(
+            f"{err}; once it is back, rerun the same command: it resumes from {_resume_point(folder)}"
+        )
+    if err is not None:
+        return err
+    cause = getattr(e, "__cause__", None) or e
+    msg = " ".join(str(cause).split())[:400]
+    return StageError(
+        f"pretrain failed: {type(cause).__name__}: {msg}; its checkpoints stay in {folder.uri}, rerun to resume"
+    )
 
 
 def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
@@ -146,12 +179,7 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
     try:
         result = trainer.fit()
     except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in its own types
-        cause = getattr(e, "__cause__", None) or e
-        if isinstance(cause, RayappError):
-            raise cause from None
-        raise StageError(
-            f"pretrain failed: {type(cause).__name__}: {str(cause)[:400]}; its checkpoints stay in {folder.uri}, rerun to resume"
-        ) from e
+        raise _failure(e, folder) from e
     best = result.get_best_checkpoint(score, "max") or result.checkpoint
     if best is None:
         raise StageError(f"pretrain produced no checkpoint in {folder.uri}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -23,10 +24,12 @@ from ray.train import Checkpoint
 
 from rayapp.config import config_from_dict
 from rayapp.data.pipeline import torch_batches
+from rayapp.errors import StorageError
 from rayapp.frames import FrameSpec
 from rayapp.models.checkpoint import load_policy, save_policy, unwrap
 from rayapp.models.nets import ModelSpec, build_model
 from rayapp.progress import Progress, say
+from rayapp.storage import explain, join
 
 __all__ = ["train_fn_per_worker", "classification_metrics", "TRAIN_STATE"]
 
@@ -91,7 +94,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         opt.load_state_dict(state["optimizer"])
         start = state["epoch"] + 1
         if rank == 0:
-            say(f"pretrain: resumed from the checkpoint of epoch {state['epoch'] + 1}")
+            say(f"pretrain: resumed from the checkpoint of epoch {state['epoch'] + 1}", sys.stdout)
     weights = (
         [torch.tensor(w, dtype=torch.float32, device=device) for w in config["class_weights"]]
         if config["class_weights"]
@@ -113,7 +116,13 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         conf = torch.zeros(n_classes, n_classes, dtype=torch.int64, device=device)
         loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, batches
         bar = (
-            Progress(None, f"pretrain epoch {epoch + 1}/{p.epochs} [rank 0]", unit="samples", log_every=15)
+            Progress(
+                None,
+                f"pretrain epoch {epoch + 1}/{p.epochs} [rank 0]",
+                unit="samples",
+                log_every=15,
+                stream=sys.stdout,
+            )  # fmt: skip
             if rank == 0
             else None
         )
@@ -180,7 +189,12 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                     os.path.join(folder, TRAIN_STATE),
                 )
                 checkpoint = Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=checkpoint)
+            try:
+                ray.train.report(metrics, checkpoint=checkpoint)
+            except OSError as e:  # the upload into run.dir (pyarrow has retried it)
+                raise StorageError(
+                    f"{explain(join(cfg.run.dir, 'pretrain'), e)} (writing the checkpoint of epoch {epoch + 1})"
+                ) from e
 
 
 def _validate(model, it, d, batch_size, device, amp, columns, n_classes, labels, reduce) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 
 from ray.train import UserCallback
 
+from rayapp.errors import StorageError, find_error
 from rayapp.metrics import MetricsLogger
 from rayapp.storage import resolve, write_bytes_atomic
 
@@ -14,7 +15,8 @@ __all__ = ["ReportCallback"]
 
 
 class ReportCallback(UserCallback):
-    """Runs in the Ray Train controller: metrics to CSV/TensorBoard, an epoch line, `latest.json`."""
+    """Runs in the Ray Train controller: metrics to CSV/TensorBoard, an epoch line, `latest.json`;
+    and stops the run on a worker's StorageError (see `after_exception`)."""
 
     def __init__(self, folder: str, epochs: int, spec: dict):
         self.folder, self.epochs, self.spec = folder, epochs, spec
@@ -37,3 +39,13 @@ class ReportCallback(UserCallback):
                 resolve(self.folder).join("latest.json"),
                 json.dumps({"epoch": m["epoch"], "spec": self.spec}).encode(),
             )
+
+    def after_exception(self, run_context, worker_exceptions):
+        """A worker's StorageError has already been retried with backoff (rayapp.storage.retry_io):
+        restarting the worker group (`pretrain.max_failures`, meant for lost workers) would only
+        wait for the same storage again. Raising here ends the run (Ray Train does not retry a
+        controller error); the driver finds the StorageError in it and prints it."""
+        for exc in worker_exceptions.values():
+            err = find_error(exc, StorageError)
+            if err is not None:
+                raise err
