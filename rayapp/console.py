@@ -26,6 +26,8 @@ import threading
 import time
 import traceback
 
+from rayapp.storage import resolve
+
 __all__ = ["start", "attach_ray", "finish", "log_exception", "log_path", "where"]
 
 _state: dict = {"file": None, "path": None, "debug": False, "console": False}
@@ -33,8 +35,6 @@ _lock = threading.Lock()
 
 
 def _log_file_for(command: str, run_dir: str) -> str:
-    from rayapp.storage import resolve
-
     loc = resolve(run_dir)
     if loc.is_local:
         return os.path.join(loc.path, "logs", f"{command}.log")

@@ -6,6 +6,7 @@ import logging
 import os
 
 from rayapp.config import RayConfig
+from rayapp.console import attach_ray
 from rayapp.errors import RayappError
 from rayapp.logs import install as quiet_logs
 
@@ -41,7 +42,6 @@ def init_ray(cfg: RayConfig) -> None:
         raise RayappError(
             f"cannot join the Ray cluster at {address}: {msg} (check ray.address / RAY_ADDRESS and `ray status`)"
         ) from None
-    from rayapp.console import attach_ray
 
     attach_ray()  # under the CLI: workers' stderr (Ray's logs, tracebacks) to the log file only
 

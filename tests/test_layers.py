@@ -24,6 +24,7 @@ LAYERS: list[list[str]] = [
         "rayapp.frames",
         "rayapp.metrics",
         "rayapp.logs",
+        "rayapp.console",
     ],  # fmt: skip
     ["rayapp.replay"],
     ["rayapp.models"],
@@ -73,7 +74,10 @@ def _group(module: str) -> tuple[int, str]:
     best = None
     for i, layer in enumerate(LAYERS):
         for g in layer:
-            if (module == g or module.startswith(g + ".")) and (best is None or len(g) > len(best[1])):
+            inside = module == g or (
+                g != "rayapp" and module.startswith(g + ".")
+            )  # "rayapp": the package only
+            if inside and (best is None or len(g) > len(best[1])):
                 best = (i, g)
     if best is None:
         raise AssertionError(f"{module} is in no layer of tests/test_layers.py: place it")
