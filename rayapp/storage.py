@@ -10,18 +10,50 @@ that names the URI and what to check.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
 from rayapp.errors import StorageError
 
-__all__ = ["Location", "resolve", "storage_errors", "join", "write_bytes_atomic", "read_bytes", "s3_endpoint"]
+__all__ = [
+    "Location",
+    "resolve",
+    "storage_errors",
+    "join",
+    "write_bytes_atomic",
+    "read_bytes",
+    "s3_endpoint",
+    "is_transient",
+    "retry_transient",
+    "STORAGE_ENV",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# What says where storage is and how to talk to it, besides credentials: the driver passes these to
+# the processes it starts (collectors), so they write where the driver checked.
+STORAGE_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_EC2_METADATA_DISABLED",
+    "RAYAPP_S3_CONNECT_TIMEOUT",
+    "RAYAPP_S3_REQUEST_TIMEOUT",
+    "RAYAPP_S3_MAX_ATTEMPTS",
+    "RAYAPP_STORAGE_ATTEMPTS",
+    "RAYAPP_STORAGE_BACKOFF_S",
+)
 
 
 def s3_endpoint() -> str | None:
@@ -178,3 +210,54 @@ def read_bytes(loc: Location) -> bytes:
 def exists(loc: Location) -> bool:
     with storage_errors(loc.uri):
         return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
+
+
+_BUSY = re.compile(
+    r"SLOW_DOWN|SlowDown|SERVICE_UNAVAILABLE|ServiceUnavailable|INTERNAL_FAILURE|InternalError|"
+    r"REQUEST_TIMEOUT|RequestTimeout|THROTTL|Throttl",
+    re.I,
+)
+
+
+def is_transient(err: BaseException) -> bool:
+    """A storage error worth retrying: the endpoint unreachable or busy, not a refusal."""
+    if not isinstance(err, OSError):
+        return False
+    msg = str(err)
+    if _DENIED.search(msg) or _NO_BUCKET.search(msg):
+        return False
+    return bool(_NETWORK.search(msg) or _BUSY.search(msg))
+
+
+def retry_transient(uri: str, op: Callable[[], T]) -> T:
+    """Run `op`, retrying transient storage errors with exponential backoff a bounded number of times.
+
+    ``RAYAPP_STORAGE_ATTEMPTS`` (default 4) attempts, the first pause ``RAYAPP_STORAGE_BACKOFF_S``
+    (default 0.5 s) and doubling; each attempt has the S3 client's own retries inside. What still
+    fails is a `StorageError` naming `uri`, the cause and how long it was tried.
+    """
+    attempts = max(1, int(os.environ.get("RAYAPP_STORAGE_ATTEMPTS", "4")))
+    pause = float(os.environ.get("RAYAPP_STORAGE_BACKOFF_S", "0.5"))
+    t0 = time.monotonic()
+    for attempt in range(1, attempts + 1):
+        try:
+            return op()
+        except OSError as e:
+            if attempt == attempts or not is_transient(e):
+                tried = (
+                    f" (gave up after {attempt} attempts over {time.monotonic() - t0:.1f} s)"
+                    if attempt > 1
+                    else ""
+                )
+                raise StorageError(explain(uri, e) + tried) from e
+            log.info(
+                "%s: %s; attempt %d of %d in %.1f s",
+                uri,
+                " ".join(str(e).split())[:200],
+                attempt + 1,
+                attempts,
+                pause,
+            )
+            time.sleep(pause)
+            pause = min(2 * pause, 30.0)
+    raise AssertionError("unreachable")
