@@ -247,13 +247,14 @@ def test_storage_gone_mid_recording_ends_in_one_line_and_keeps_what_was_publishe
     from rayapp import cli
 
     uri = f"s3://{own_s3.bucket}/breakout"
-    args = ["record", "--config", SMOKE, "--set", f"run.dir={tmp_path / 'run'}", "--set", f"data.uri={uri}",
-            "--set", "record.episodes=200", "--set", "env.max_episode_steps=100"]  # fmt: skip
+    base = ["record", "--config", SMOKE, "--set", f"run.dir={tmp_path / 'run'}", "--set", f"data.uri={uri}",
+            "--set", "record.collectors=1", "--set", "env.max_episode_steps=100"]  # fmt: skip
+    args = base + ["--set", "record.episodes=200"]
     result = {}
     t = threading.Thread(target=lambda: result.update(rc=cli.main(args)))
     t.start()
     deadline = time.time() + 120
-    while sum(".parquet" in k and "/_tmp-" not in k for k in own_s3.keys(own_s3.bucket)) < 3:
+    while sum(".parquet" in k and "/_tmp-" not in k for k in own_s3.keys(own_s3.bucket)) < 2:
         assert time.time() < deadline and t.is_alive(), "no shards were published"
         time.sleep(0.05)
     own_s3.stop()  # the endpoint dies mid-recording
@@ -271,15 +272,14 @@ def test_storage_gone_mid_recording_ends_in_one_line_and_keeps_what_was_publishe
     # the server back (moto keeps its state): everything published is whole and readable
     own_s3.start()
     ds = ReplayDataset(uri)
-    assert len(ds.shards) >= 3 and ds.leftovers == []
+    assert len(ds.shards) >= 2 and ds.leftovers == []
     assert all(ds.validate_shard(s).ok for s in ds.shards)
     episodes = list(ds.iter_episodes(decode=False))
     assert all(ep.complete and ep.length == 100 for ep in episodes)
     kept = re.search(r"; (\d+) episodes in (\d+) shards published before are kept", last)
     assert kept and int(kept[1]) == len(episodes) and int(kept[2]) == len(ds.shards)
     # and recording resumes into the same dataset
-    rc = cli.main(args[:-4] + ["--set", "record.episodes=2", "--set", "env.max_episode_steps=100",
-                               "--set", "record.append=true"])  # fmt: skip
+    rc = cli.main(base + ["--set", "record.episodes=2", "--set", "record.append=true"])
     assert rc == 0
     assert len(list(ReplayDataset(uri).iter_episodes(decode=False))) == len(episodes) + 2
 
