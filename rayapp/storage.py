@@ -39,9 +39,25 @@ __all__ = [
     "is_transient",
     "is_storage_failure",
     "retry_io",
+    "STORAGE_ENV",
 ]
 
 log = logging.getLogger(__name__)
+
+# What says where storage is and how to talk to it, besides credentials: the driver passes these to
+# the processes it starts (collectors), so they write where the driver checked.
+STORAGE_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_EC2_METADATA_DISABLED",
+    "RAYAPP_S3_CONNECT_TIMEOUT",
+    "RAYAPP_S3_REQUEST_TIMEOUT",
+    "RAYAPP_S3_MAX_ATTEMPTS",
+    "RAYAPP_IO_RETRIES",
+    "RAYAPP_IO_RETRY_DELAY",
+)
 
 
 def s3_endpoint() -> str | None:
@@ -152,6 +168,8 @@ def is_transient(err: BaseException, extra: Iterable[str] = ()) -> bool:
     if not isinstance(err, OSError):
         return False
     msg = str(err)
+    if _DENIED.search(msg) or _NO_BUCKET.search(msg):  # a refusal does not go away by waiting
+        return False
     return bool(_TRANSIENT.search(msg)) or any(p and p in msg for p in extra)
 
 
@@ -208,7 +226,7 @@ def retry_io(fn: Callable[[], object], uri: str, extra: Iterable[str] = ()):
         except OSError as e:
             if attempt == retries or not is_transient(e, extra):
                 tried = (
-                    f" (gave up after {attempt + 1} attempts in {time.monotonic() - t0:.0f} s)"
+                    f" (gave up after {attempt + 1} attempts in {time.monotonic() - t0:.1f} s)"
                     if attempt
                     else ""
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import uuid
 from pathlib import Path
 
@@ -60,6 +61,56 @@ def bucket(s3_server):
     name = f"replays-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return name
+
+
+class LoopbackS3:
+    """A private moto server on a fixed loopback port that a test may stop and start again.
+
+    moto keeps its state in-process, so what was stored before `stop()` is there after `start()`.
+    """
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = None
+        self.start()
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def keys(self, bucket: str) -> list[str]:
+        import boto3
+
+        listing = boto3.client("s3", endpoint_url=self.endpoint).list_objects_v2(Bucket=bucket)
+        # keys ending in "/" are the empty directory markers pyarrow leaves: no data, not listed as files
+        return sorted(o["Key"] for o in listing.get("Contents", []) if not o["Key"].endswith("/"))
+
+
+@pytest.fixture
+def own_s3(s3_server, monkeypatch):
+    """A test's own S3 server (to stop mid-test without touching the session one), with a bucket
+    `own_s3.bucket`, set as AWS_ENDPOINT_URL for this test; storage retries kept short."""
+    import boto3
+
+    server = LoopbackS3()
+    server.bucket = f"own-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket=server.bucket)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    monkeypatch.setenv("RAYAPP_IO_RETRIES", "2")
+    monkeypatch.setenv("RAYAPP_IO_RETRY_DELAY", "0.2")
+    monkeypatch.setenv("RAYAPP_S3_MAX_ATTEMPTS", "1")  # the writer's retries only: quick, countable
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """`rayapp record` on a real local Ray with real Atari games, to local disk and to a real S3 server."""
 
 import os
+import re
 import signal
 import threading
 import time
@@ -171,6 +172,116 @@ def test_record_replaces_a_killed_collector_and_finishes(ray_session, smoke_cfg)
     rep = inspect_dataset(cfg.data_uri)
     assert rep.ok
     assert set(summary.episodes[i]["episode_id"] for i in range(6)) <= set(rep.episode_scores)
+
+
+def _first_collector(timeout=60):
+    import ray
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        names = sorted(
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("rayapp-collector-")
+        )
+        if names:
+            return names[0]
+        time.sleep(0.02)
+    raise AssertionError("no collector came up")
+
+
+def test_killed_collector_loses_its_unpublished_episodes_and_they_are_recorded_again(
+    ray_session, smoke_cfg, monkeypatch
+):
+    import json
+
+    import ray
+
+    from rayapp.replay import record as record_module
+
+    # one collector, shards large enough for every episode: finished episodes wait in its open shard
+    cfg = smoke_cfg("record.episodes=5", "record.collectors=1", "env.max_episode_steps=300",
+                    "record.shard_mb=64", "record.shard_steps=100000")  # fmt: skip
+    returned = []
+    two_returned = threading.Event()
+    update = record_module.Progress.update
+
+    def counting_update(self, n=1, **postfix):  # the real progress bar, counted
+        update(self, n, **postfix)
+        returned.append(n)
+        if len(returned) == 2:
+            two_returned.set()
+
+    monkeypatch.setattr(record_module.Progress, "update", counting_update)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(summary=record(cfg, show_progress=True)))
+    t.start()
+    victim = _first_collector()
+    pid = ray.get(ray.get_actor(victim).pid.remote())
+    assert two_returned.wait(120)
+    # two finished episodes in its unpublished shard; the third not begun or half played
+    os.kill(pid, signal.SIGKILL)
+    t.join(timeout=180)
+    summary = result["summary"]
+    rep = inspect_dataset(cfg.data_uri)
+    assert rep.ok
+    # the summary counts exactly the episodes the dataset holds: none of the dead collector's
+    assert {e["episode_id"] for e in summary.episodes} == set(rep.episode_scores)
+    assert len(summary.episodes) == 5  # the lost ones were recorded again by the replacement
+    dead = victim.removeprefix("rayapp-collector-")
+    assert dead.endswith("-c00") and summary.collectors_lost == [dead]
+    assert {e["writer"] for e in summary.episodes} == {dead[: -len("c00")] + "c01"}
+    assert summary.episodes_lost == 2
+    assert "2 finished episode(s) lost with them and recorded again" in summary.line()
+    (session,) = os.listdir(os.path.join(cfg.data_uri, "sessions"))
+    saved = json.loads(open(os.path.join(cfg.data_uri, "sessions", session)).read())
+    assert [e["episode_id"] for e in saved["episodes"]] == [e["episode_id"] for e in summary.episodes]
+    assert saved["episodes_lost"] == 2
+
+
+def test_storage_gone_mid_recording_ends_in_one_line_and_keeps_what_was_published(
+    ray_session, own_s3, tmp_path, capfd
+):
+    from conftest import SMOKE
+
+    from rayapp import cli
+
+    uri = f"s3://{own_s3.bucket}/breakout"
+    base = ["record", "--config", SMOKE, "--set", f"run.dir={tmp_path / 'run'}", "--set", f"data.uri={uri}",
+            "--set", "record.collectors=1", "--set", "env.max_episode_steps=100"]  # fmt: skip
+    args = base + ["--set", "record.episodes=200"]
+    result = {}
+    t = threading.Thread(target=lambda: result.update(rc=cli.main(args)))
+    t.start()
+    deadline = time.time() + 120
+    while sum(".parquet" in k and "/_tmp-" not in k for k in own_s3.keys(own_s3.bucket)) < 2:
+        assert time.time() < deadline and t.is_alive(), "no shards were published"
+        time.sleep(0.05)
+    own_s3.stop()  # the endpoint dies mid-recording
+    t0 = time.time()
+    t.join(timeout=120)
+    assert not t.is_alive()
+    assert result["rc"] == 1
+    assert time.time() - t0 < 30  # bounded retries, not a hang
+    last = capfd.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"rayapp record: error: recording stopped: {uri}/shards/"), last
+    assert f".parquet: cannot reach the S3 endpoint {own_s3.endpoint}; check AWS_ENDPOINT_URL" in last
+    assert "(gave up after 3 attempts in" in last
+    assert f"published before are kept in {uri}" in last
+    assert "rerun with record.append=true once the storage is back" in last
+    # the server back (moto keeps its state): everything published is whole and readable
+    own_s3.start()
+    ds = ReplayDataset(uri)
+    assert len(ds.shards) >= 2 and ds.leftovers == []
+    assert all(ds.validate_shard(s).ok for s in ds.shards)
+    episodes = list(ds.iter_episodes(decode=False))
+    assert all(ep.complete and ep.length == 100 for ep in episodes)
+    kept = re.search(r"; (\d+) episodes in (\d+) shards published before are kept", last)
+    assert kept and int(kept[1]) == len(episodes) and int(kept[2]) == len(ds.shards)
+    # and recording resumes into the same dataset
+    rc = cli.main(base + ["--set", "record.episodes=2", "--set", "record.append=true"])
+    assert rc == 0
+    assert len(list(ReplayDataset(uri).iter_episodes(decode=False))) == len(episodes) + 2
 
 
 def test_teacher_beats_random_by_a_wide_margin():

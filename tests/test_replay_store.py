@@ -263,3 +263,137 @@ def test_recorded_extras_are_known():
     from rayapp.replay.schema import EXTRA_TYPES
 
     assert set(RECORDED_EXTRAS) <= set(EXTRA_TYPES)
+
+
+def _dataset_uri(where, tmp_path, request):
+    if where == "s3":
+        return f"s3://{request.getfixturevalue('bucket')}/ds"
+    return str(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_refused_step_leaves_the_writer_usable(where, tmp_path, request, breakout):
+    env, eps = breakout
+    uri = _dataset_uri(where, tmp_path, request)
+    info = new_dataset(uri, env, extras=("score", "lives"))
+    frames, acts, rews = eps[0][0], eps[0][1], eps[0][2]
+    w = ReplayWriter(uri, info, "w0", row_group_rows=16)
+    w.begin_episode()
+    for t in range(20):
+        w.add_step(frames[t], acts[t], rews[t], False, False, score=0.0, lives=5)
+    refused = [
+        ((frames[20], 7, 0.0, False, False), {}, "outside control 'action' with 4 values"),
+        ((frames[20], "left", 0.0, False, False), {}, "action 'left'"),
+        ((frames[20][:, :, 0], 1, 0.0, False, False), {}, "does not match the dataset's"),
+        ((frames[20], 1, "lots", False, False), {}, "reward 'lots'"),
+        ((frames[20], 1, 0.0, False, False), {"lifes": 3}, "not declared in dataset.json"),
+        ((frames[20], 1, 0.0, False, False), {"lives": 10**6}, "lives 1000000"),
+        ((frames[20], 1, 0.0, False, False), {"score": "high"}, "score 'high'"),
+    ]
+    for args, extras, match in refused:
+        with pytest.raises(ReplayFormatError, match=match):
+            w.add_step(*args, **extras)
+    for t in range(20, 40):  # the writer goes on as if the refused steps had never been offered
+        w.add_step(frames[t], acts[t], rews[t], False, t == 39, score=0.0, lives=None)
+    w.end_episode()
+    w.close()
+    ds = ReplayDataset(uri)
+    assert all(ds.validate_shard(s).ok for s in ds.shards)
+    (ep,) = list(ds.iter_episodes())
+    assert np.array_equal(ep.steps, np.arange(40))
+    assert np.array_equal(ep.obs, frames[:40]) and np.array_equal(ep.actions, acts[:40])
+    assert ep.complete
+
+
+def _visible(uri):
+    """Every object under a dataset's shards/ folder, as storage lists it."""
+    import pyarrow.fs as pafs
+
+    from rayapp.storage import resolve
+
+    loc = resolve(uri)
+    sel = pafs.FileSelector(loc.join("shards").path, allow_not_found=True, recursive=True)
+    return sorted(f.base_name for f in loc.fs.get_file_info(sel) if f.type == pafs.FileType.File)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_abort_makes_nothing_visible(where, tmp_path, request, breakout):
+    env, eps = breakout
+    uri = _dataset_uri(where, tmp_path, request)
+    info = new_dataset(uri, env)
+    frames, acts, rews, terms, truncs = eps[0]
+    w = ReplayWriter(uri, info, "w0", shard_mb=0.001, row_group_rows=10)
+    w.begin_episode()  # a first episode: published whole when it ends (shard_mb is tiny)
+    for t in range(30):
+        w.add_step(frames[t], acts[t], rews[t], False, t == 29, score=0.0)
+    w.end_episode()
+    assert len(w.shards) == 1
+    w.begin_episode()  # a second one, several row groups into its shard
+    for t in range(50):
+        w.add_step(frames[t], acts[t], rews[t], False, False, score=0.0)
+    w.abort()
+    assert _visible(uri) == ["w0-00000.parquet"]  # the aborted shard left no trace, not even a temporary
+    ds = ReplayDataset(uri)
+    assert [s.uri for s in ds.shards] == [w.shards[0].uri] and ds.leftovers == []
+    (ep,) = list(ds.iter_episodes())
+    assert ep.length == 30 and ep.complete
+
+
+def test_publish_retries_a_storage_outage_then_succeeds(own_s3, breakout, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setenv("RAYAPP_IO_RETRIES", "4")  # pauses 0.2, 0.4, 0.8, 1.6 s
+    env, eps = breakout
+    uri = f"s3://{own_s3.bucket}/ds"
+    info = new_dataset(uri, env)
+    frames, acts, rews, terms, truncs = eps[0]
+    w = ReplayWriter(uri, info, "w0", row_group_rows=10)
+    w.begin_episode()
+    for t in range(40):
+        w.add_step(frames[t], acts[t], rews[t], False, t == 39, score=0.0)
+    w.end_episode()
+    own_s3.stop()  # the endpoint goes away before the shard is published ...
+    threading.Timer(1.0, own_s3.start).start()  # ... and comes back while the writer retries
+    t0 = time.perf_counter()
+    (shard,) = w.close()
+    assert time.perf_counter() - t0 < 10
+    assert own_s3.keys(own_s3.bucket) == ["ds/dataset.json", "ds/shards/w0-00000.parquet"]
+    (ep,) = list(ReplayDataset(uri).iter_episodes())
+    assert ep.length == 40 and np.array_equal(ep.obs, frames[:40])
+
+
+def test_storage_gone_names_the_shard_and_publishes_nothing_partial(own_s3, breakout):
+    import time
+
+    from rayapp.errors import StorageError
+
+    env, eps = breakout
+    uri = f"s3://{own_s3.bucket}/ds"
+    info = new_dataset(uri, env)
+    frames, acts, rews, terms, truncs = eps[0]
+    w = ReplayWriter(uri, info, "w0", shard_mb=0.001, row_group_rows=10)
+    w.begin_episode()
+    for t in range(30):
+        w.add_step(frames[t], acts[t], rews[t], False, t == 29, score=0.0)
+    w.end_episode()  # published
+    w.begin_episode()
+    for t in range(30):
+        w.add_step(frames[t], acts[t], rews[t], False, t == 29, score=0.0)
+    own_s3.stop()
+    t0 = time.perf_counter()
+    with pytest.raises(StorageError) as err:
+        w.end_episode()
+    took = time.perf_counter() - t0
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{uri}/shards/w0-00001.parquet: cannot reach the S3 endpoint {own_s3.endpoint}")
+    assert "gave up after 3 attempts" in msg
+    assert 0.2 + 0.4 <= took < 15  # backoff 0.2 s then 0.4 s between the three attempts
+    with pytest.raises(StorageError, match="stopped after a storage error"):
+        w.begin_episode()  # a writer whose shard was lost says so instead of writing a gap
+    assert w.close() == w.shards and len(w.shards) == 1
+    own_s3.start()
+    assert _visible(uri) == ["w0-00000.parquet"]  # no partial shard, no temporary object
+    (ep,) = list(ReplayDataset(uri).iter_episodes())
+    assert ep.length == 30 and ep.complete

@@ -3,43 +3,31 @@
 A writer belongs to one collector. It numbers steps itself, buffers rows into row groups, and
 closes a shard at the first episode end after the shard reaches `shard_mb` or `shard_steps` (or mid-episode at
 `max_shard_mb`, for very long episodes of large frames). Locally a shard is written under a
-temporary name (``shards/_tmp-...``) and renamed when complete; on object storage the upload
-becomes visible only when it completes. A collector killed at any point therefore loses at most
-the shard in progress.
+temporary name (``shards/_tmp-...``) and renamed when complete; for object storage it is written
+to a spool file on local disk and, when complete, uploaded and moved to its name (see `rayapp.replay.shard_file`
+for why). A collector killed at any point therefore loses at most the shard in progress, `abort()`
+makes nothing visible, and a step the writer refuses (a bad action, frame or extra) changes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from rayapp.errors import ReplayFormatError
-from rayapp.replay.schema import EXTRA_TYPES, DatasetInfo, encode_frame, row_schema
+from rayapp.errors import ReplayFormatError, StorageError
+from rayapp.replay.schema import EXTRA_TYPES, DatasetInfo, encode_frame
+from rayapp.replay.shard_file import SHARDS_DIR, TMP_PREFIX, OpenShard, ShardWritten
 from rayapp.storage import Location, resolve, storage_errors
 
 __all__ = ["ReplayWriter", "ShardWritten", "SHARDS_DIR", "TMP_PREFIX"]
 
 log = logging.getLogger(__name__)
-
-SHARDS_DIR = "shards"
-TMP_PREFIX = "_tmp-"
-
-
-@dataclass
-class ShardWritten:
-    uri: str
-    rows: int
-    bytes: int
-    episodes: list[str] = field(default_factory=list)
 
 
 class ReplayWriter:
@@ -65,6 +53,10 @@ class ReplayWriter:
         compression_level: int = 3,
         background_writes: bool = True,
     ):
+        unknown = [x for x in info.extras if x not in EXTRA_TYPES]
+        if unknown:
+            raise ReplayFormatError(f"unknown extras {unknown} (known: {sorted(EXTRA_TYPES)})")
+        self._extras = [(x, _converter(x, EXTRA_TYPES[x])) for x in info.extras]
         self.loc = dataset if isinstance(dataset, Location) else resolve(dataset)
         self.info = info
         self.writer_id = writer_id
@@ -81,7 +73,7 @@ class ReplayWriter:
         self._episode: str | None = None
         self._episode_count = 0
         self._step = 0
-        self._open: _OpenShard | None = None
+        self._open: OpenShard | None = None
         self._reset_buffer()
         self._raw_in = 0  # frame bytes flushed into the open shard
         self._closed = False
@@ -91,12 +83,12 @@ class ReplayWriter:
             ThreadPoolExecutor(1, thread_name_prefix=f"replay-{writer_id}") if background_writes else None
         )
         self._pending: Future | None = None
-        unknown = [x for x in info.extras if x not in EXTRA_TYPES]
-        if unknown:
-            raise ReplayFormatError(f"unknown extras {unknown} (known: {sorted(EXTRA_TYPES)})")
+        self._failed: str | None = None  # set when a storage error lost the shard in progress
 
     # ---- episodes --------------------------------------------------------------------------
     def begin_episode(self, episode_id: str | None = None) -> str:
+        if self._failed:
+            raise StorageError(self._failed)
         if self._episode is not None:
             raise RuntimeError(f"episode {self._episode} is still open; call end_episode() first")
         self._episode = episode_id or f"{self.writer_id}-e{self._episode_count:06d}"
@@ -113,6 +105,8 @@ class ReplayWriter:
         truncated: bool,
         **extras: Any,
     ) -> None:
+        if self._failed:
+            raise StorageError(self._failed)
         if self._episode is None:
             raise RuntimeError("add_step() outside an episode; call begin_episode() first")
         unknown = set(extras) - set(self.info.extras)
@@ -120,57 +114,75 @@ class ReplayWriter:
             raise ReplayFormatError(
                 f"extras {sorted(unknown)} are not declared in dataset.json (declared: {list(self.info.extras)})"
             )
-        b = self._buf
+        # Every field is checked and converted before anything is buffered: a refused step leaves
+        # the columns of even length and the writer as it was.
         frame = encode_frame(obs, self.info.observation)
+        actions = self._actions(action)
+        reward = _to_float("reward", reward)
+        values = [convert(extras.get(x)) for x, convert in self._extras]
+        b = self._buf
         b["episode_id"].append(self._episode)
         b["step"].append(self._step)
         b["obs"].append(frame)
-        for col, a in zip(self.info.action_columns, self._actions(action)):
+        for col, a in zip(self.info.action_columns, actions):
             b[col].append(a)
-        b["reward"].append(float(reward))
+        b["reward"].append(reward)
         b["terminated"].append(bool(terminated))
         b["truncated"].append(bool(truncated))
-        for x in self.info.extras:
-            b[x].append(extras.get(x))
+        for (x, _), v in zip(self._extras, values):
+            b[x].append(v)
         self._buf_rows += 1
         self._buf_bytes += len(frame)
         self._step += 1
         if self._buf_rows >= self.row_group_rows or self._buf_bytes >= self.row_group_bytes:
-            self._flush_row_group()
-            if self._open is not None and self._open.size() >= self.max_shard_bytes:
-                self._close_shard()  # an episode this long continues in the next shard
+            with self._storage():
+                self._flush_row_group()
+                if self._open is not None and self._open.size() >= self.max_shard_bytes:
+                    self._close_shard()  # an episode this long continues in the next shard
 
     def end_episode(self) -> None:
         if self._episode is None:
             return
         self._episode = None
         self.episodes_finished += 1
-        self._wait()  # the size on storage must include the row group in flight
-        rows = (self._open.rows if self._open else 0) + self._buf_rows
-        if self._estimated_size() >= self.shard_bytes or rows >= self.shard_steps:
-            self._flush_row_group()
-            self._close_shard()
+        with self._storage():
+            self._wait()  # the size on storage must include the row group in flight
+            rows = (self._open.rows if self._open else 0) + self._buf_rows
+            if self._estimated_size() >= self.shard_bytes or rows >= self.shard_steps:
+                self._flush_row_group()
+                self._close_shard()
 
     def close(self) -> list[ShardWritten]:
-        """Publish the shard in progress (an unfinished episode in it stays, without an end flag)."""
+        """Publish the shard in progress (an unfinished episode in it stays, without an end flag).
+
+        After a storage error (raised before, by a step) there is nothing left to publish: the
+        shards published before it are returned.
+        """
         if self._closed:
             return self.shards
-        if self._episode is not None:
-            log.warning(
-                "writer %s closed inside episode %s; the episode is kept without an end flag",
-                self.writer_id,
-                self._episode,
-            )
-            self.end_episode()
-        self._flush_row_group()
-        self._close_shard()
-        self._closed = True
-        if self._pool is not None:
-            self._pool.shutdown()
+        try:
+            if self._failed is None:
+                if self._episode is not None:
+                    log.warning(
+                        "writer %s closed inside episode %s; the episode is kept without an end flag",
+                        self.writer_id,
+                        self._episode,
+                    )
+                    self.end_episode()
+                with self._storage():
+                    self._flush_row_group()
+                    self._close_shard()
+        finally:
+            self._closed = True
+            if self._pool is not None:
+                self._pool.shutdown()
         return self.shards
 
     def abort(self) -> None:
-        """Drop the shard in progress (what a crash would lose) and keep everything published."""
+        """Drop the shard in progress (what a crash would lose) and keep everything published.
+
+        Nothing of the dropped shard becomes visible on any storage: it only ever existed locally.
+        """
         try:
             self._wait()
         except Exception:  # noqa: BLE001 - the shard is dropped anyway
@@ -190,9 +202,31 @@ class ReplayWriter:
         self.close()
 
     # ---- internals -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _storage(self) -> Iterator[None]:
+        """A storage error inside loses the shard in progress: drop its rest, refuse further steps
+        (continuing would leave a gap inside an episode), and let the error through."""
+        try:
+            yield
+        except StorageError as e:
+            self._failed = f"writer {self.writer_id} stopped after a storage error: {e}"
+            if self._pending is not None:  # never close the Parquet writer under a write in flight
+                with contextlib.suppress(Exception):
+                    self._pending.result()
+                self._pending = None
+            if self._open is not None:
+                self._open.discard()
+                self._open = None
+            self._reset_buffer()
+            self._episode = None
+            raise
+
     def _actions(self, action: Any) -> list[int]:
         controls = self.info.actions
         if isinstance(action, Mapping):
+            missing = [c.name for c in controls if c.name not in action]
+            if missing:
+                raise ReplayFormatError(f"action {action!r} lacks control(s) {missing}")
             vals = [action[c.name] for c in controls]
         elif isinstance(action, (list, tuple, np.ndarray)) and len(controls) > 1:
             vals = list(action)
@@ -203,8 +237,8 @@ class ReplayWriter:
                 f"action {action!r} has {len(vals)} parts, the dataset has {len(controls)} controls"
             )
         out = []
-        for c, v in zip(controls, vals):
-            v = int(v)
+        for c, raw in zip(controls, vals):
+            v = _to_int(f"action {action!r} for control '{c.name}'", raw)
             if not 0 <= v < c.n:
                 raise ReplayFormatError(f"action {v} outside control '{c.name}' with {c.n} values")
             out.append(v)
@@ -234,7 +268,7 @@ class ReplayWriter:
         if self._buf_rows == 0:
             return
         if self._open is None:
-            self._open = _OpenShard(self.loc, self.info, self.writer_id, self._seq, self.compression_level)
+            self._open = OpenShard(self.loc, self.info, self.writer_id, self._seq, self.compression_level)
             self._seq += 1
             self._raw_in = 0
         schema = self._open.schema
@@ -244,7 +278,7 @@ class ReplayWriter:
         if self._pool is not None:
             self._pending = self._pool.submit(self._open.writer.write_table, table, row_group_size=len(table))
         else:
-            with storage_errors(self._open.uri):
+            with storage_errors(self._open.where):
                 self._open.writer.write_table(table, row_group_size=len(table))
         self._open.rows += self._buf_rows
         for ep in dict.fromkeys(self._buf["episode_id"]):
@@ -258,66 +292,48 @@ class ReplayWriter:
         """Let the row group in flight finish; its storage error surfaces here."""
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            with storage_errors(self._open.uri if self._open else self.loc.uri):
+            with storage_errors(self._open.where if self._open else self.loc.uri):
                 pending.result()
 
     def _close_shard(self) -> None:
         self._wait()
         if self._open is None:
             return
-        shard = self._open.publish()
+        shard = self._open.publish(open_episode=self._episode)
         self._open = None
         self.shards.append(shard)
 
 
-class _OpenShard:
-    """A shard being written: a temporary file locally, an upload in progress on object storage."""
+def _to_int(what: str, v: Any) -> int:
+    try:
+        i = int(v)
+        if i == v:
+            return i
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise ReplayFormatError(f"{what}: {v!r} is not an integer")
 
-    def __init__(self, loc: Location, info: DatasetInfo, writer_id: str, seq: int, level: int):
-        name = f"{writer_id}-{seq:05d}.parquet"
-        self.final = loc.join(SHARDS_DIR, name)
-        self.uri = self.final.uri
-        self.schema = row_schema(info, writer_id, seq)
-        self.rows = 0
-        self.episodes: list[str] = []
-        self.fs = loc.fs
-        with storage_errors(self.uri):
-            if loc.is_local:
-                os.makedirs(os.path.dirname(self.final.path), exist_ok=True)
-                self.tmp_path: str | None = loc.join(
-                    SHARDS_DIR, f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}"
-                ).path
-                self.sink = self.fs.open_output_stream(self.tmp_path)
-            else:
-                self.tmp_path = None
-                self.sink = self.fs.open_output_stream(self.final.path)
-            self.writer = pq.ParquetWriter(
-                self.sink,
-                self.schema,
-                compression="zstd",
-                compression_level=level,
-                use_dictionary=["episode_id"],
-                write_statistics=["episode_id", "step"],
-                data_page_size=1 << 20,
-            )
 
-    def size(self) -> int:
-        return self.sink.tell()
+def _to_float(what: str, v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ReplayFormatError(f"{what} {v!r} is not a number") from None
 
-    def publish(self) -> ShardWritten:
-        with storage_errors(self.uri):
-            self.writer.close()
-            size = self.sink.tell()
-            self.sink.close()  # object storage: the upload completes here and the shard appears
-            if self.tmp_path is not None:
-                self.fs.move(self.tmp_path, self.final.path)
-        return ShardWritten(self.uri, self.rows, size, list(self.episodes))
 
-    def discard(self) -> None:
-        try:
-            self.writer.close()
-            self.sink.close()
-            if self.tmp_path is not None:
-                self.fs.delete_file(self.tmp_path)
-        except OSError:
-            pass
+def _converter(name: str, typ: pa.DataType) -> Callable[[Any], Any]:
+    """Check and convert one extra's value (None: missing) to what its Arrow column holds."""
+    if pa.types.is_integer(typ):
+        bounds = np.iinfo(typ.to_pandas_dtype())
+        lo, hi = int(bounds.min), int(bounds.max)
+
+        def to_int(v: Any) -> int | None:
+            if v is None:
+                return None
+            i = _to_int(name, v)
+            if not lo <= i <= hi:
+                raise ReplayFormatError(f"{name} {i} outside the {typ} range {lo}..{hi}")
+            return i
+
+        return to_int
+    return lambda v: None if v is None else _to_float(name, v)
