@@ -34,7 +34,7 @@ def main() -> None:
     a = ap.parse_args()
     from rayapp.config import load_config
     from rayapp.evaluate import evaluate
-    from rayapp.replay.record import record
+    from rayapp.record import record
     from rayapp.train.bc import pretrain
 
     run = a.run_dir or tempfile.mkdtemp(prefix="bc-learning-")

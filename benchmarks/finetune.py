@@ -249,7 +249,7 @@ def main() -> None:
     try:
         bc_run = a.bc_run
         if bc_run is None:
-            from rayapp.replay.record import record
+            from rayapp.record import record
             from rayapp.train.bc import pretrain
 
             bc_run = os.path.join(base, "bc")

@@ -49,7 +49,7 @@ SHUFFLE = 10_000
 def make_dataset(root: str, steps: int) -> str:
     """Record Breakout with the teacher (3,000-step shards) into `root`."""
     from rayapp.config import load_config
-    from rayapp.replay.record import record
+    from rayapp.record import record
 
     cfg = load_config(None, [f"run.dir={root}", f"record.steps={steps}", "record.episodes=0", "record.shard_steps=3000",
                              "env.max_episode_steps=1500", "record.collector_cpus=1"])  # fmt: skip

@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from rayapp.config import config_to_dict, load_config  # noqa: E402
 from rayapp.envs.atari import make_atari_env  # noqa: E402
 from rayapp.envs.policies import make_policy  # noqa: E402
+from rayapp.record import Collector, _describe  # noqa: E402
 from rayapp.replay import ReplayDataset, create_dataset  # noqa: E402
-from rayapp.replay.record import Collector, _describe  # noqa: E402
 
 
 def raw_loop(cfg, steps: int, seed: int) -> float:

@@ -40,7 +40,7 @@ def command(name: str) -> Callable:
 
 @command("record")
 def _record(cfg: Config, args: argparse.Namespace) -> int:
-    from rayapp.replay.record import record
+    from rayapp.record import record
 
     summary = record(cfg)
     print(summary.line())

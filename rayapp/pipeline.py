@@ -23,7 +23,7 @@ def _run(cfg: Config):
 
 
 def _record(cfg: Config) -> None:
-    from rayapp.replay.record import record
+    from rayapp.record import record
 
     print(record(cfg).line())
 

@@ -13,8 +13,8 @@ import torch
 
 from rayapp.errors import RayappError
 from rayapp.models import ModelSpec, build_model, load_policy, resolve_checkpoint
+from rayapp.record import record
 from rayapp.replay import ReplayDataset
-from rayapp.replay.record import record
 from rayapp.train.bc import pretrain
 from rayapp.train.bc_loop import _flatten, classification_metrics
 

@@ -13,10 +13,10 @@ from rayapp.config import config_to_dict
 from rayapp.envs.atari import make_atari_env
 from rayapp.envs.policies import make_policy
 from rayapp.errors import RayappError
+from rayapp.record import Collector, _describe, record
 from rayapp.replay import ReplayDataset
 from rayapp.replay.dataset import create_dataset
 from rayapp.replay.inspect import inspect_dataset
-from rayapp.replay.record import Collector, _describe, record
 
 
 def resimulate_and_compare(cfg, ds, summary):
@@ -197,7 +197,7 @@ def test_killed_collector_loses_its_unpublished_episodes_and_they_are_recorded_a
 
     import ray
 
-    from rayapp.replay import record as record_module
+    import rayapp.record as record_module
 
     # one collector, shards large enough for every episode: finished episodes wait in its open shard
     cfg = smoke_cfg("record.episodes=5", "record.collectors=1", "env.max_episode_steps=300",

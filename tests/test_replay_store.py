@@ -11,6 +11,7 @@ import pytest
 from rayapp.config import EnvConfig
 from rayapp.envs.atari import dataset_info_for, make_atari_env
 from rayapp.errors import CorruptShardError, DatasetNotFoundError, RayappError, ReplayFormatError
+from rayapp.record import RECORDED_EXTRAS
 from rayapp.replay import (
     ActionControl,
     DatasetInfo,
@@ -19,7 +20,6 @@ from rayapp.replay import (
     ReplayWriter,
     create_dataset,
 )
-from rayapp.replay.record import RECORDED_EXTRAS
 from rayapp.replay.schema import row_schema
 
 

@@ -12,7 +12,7 @@ import torch
 from conftest import SMOKE
 
 from rayapp.errors import RayappError
-from rayapp.replay.record import record
+from rayapp.record import record
 from rayapp.rl.finetune import build_algorithm, finetune, init_policy, load_into, module_state, q_spec
 from rayapp.rl.offline import demo_episodes
 from rayapp.train.bc import pretrain

@@ -23,7 +23,7 @@ import pytest
 from conftest import SMOKE
 
 from rayapp.errors import StorageError, find_error
-from rayapp.replay.record import record
+from rayapp.record import record
 from rayapp.storage import read_bytes, resolve, retry_io
 
 

@@ -17,7 +17,7 @@ from rayapp.tune.sweep import absolute_paths, search_space, sweep
 def sweep_data(ray_session, tmp_path_factory):
     from conftest import SMOKE
 
-    from rayapp.replay.record import record
+    from rayapp.record import record
 
     root = tmp_path_factory.mktemp("sweep")
     cfg = load_config(SMOKE, [f"run.dir={root}/rec", "record.episodes=4", "record.policy=noisy_teacher"])
@@ -92,7 +92,7 @@ def test_a_finetune_trial_that_cannot_be_placed_fails_before_tune(ray_session, s
 
 
 def test_a_sweep_ranked_by_validation_needs_a_validation_split(sweep_data, smoke_cfg):
-    from rayapp.replay.record import record
+    from rayapp.record import record
 
     tiny = smoke_cfg("record.episodes=1", "record.collectors=1")
     record(tiny, show_progress=False)
