@@ -57,7 +57,7 @@ def test_classification_metrics():
     assert m["val/recall_b"] == pytest.approx(0.5) and "val/recall_c" not in m
 
 
-def test_tiny_pretrain_two_workers_and_checkpoint_round_trip(breakout_data, smoke_cfg):
+def test_tiny_pretrain_two_workers_and_checkpoint_round_trip(breakout_data, smoke_cfg, tmp_path):
     cfg = smoke_cfg(f"data.uri={breakout_data}", "pretrain.epochs=2", "pretrain.batch_size=64")
     r = pretrain(cfg)
     run = cfg.run.dir
@@ -99,6 +99,20 @@ def test_tiny_pretrain_two_workers_and_checkpoint_round_trip(breakout_data, smok
     # rerunning the finished run says so instead of training again
     with pytest.raises(RayappError, match="already trained 2 epochs"):
         pretrain(cfg)
+    # a resume whose optimizer state was replaced by a malicious pickle is refused on the workers,
+    # with the workers' own message, and the pickle does not run
+    from test_checkpoint import evil_file
+
+    marker = tmp_path / "pwned"
+    for folder in os.listdir(os.path.join(run, "pretrain")):
+        if folder.startswith("checkpoint_2"):
+            evil_file(os.path.join(run, "pretrain", folder, "train_state.pt"), marker)
+    more = smoke_cfg(
+        f"data.uri={breakout_data}", "pretrain.epochs=3", "pretrain.batch_size=64", "pretrain.max_failures=0"
+    )
+    with pytest.raises(RayappError, match="train_state.pt of the checkpoint being resumed is refused"):
+        pretrain(more)
+    assert not marker.exists()
 
 
 def test_mismatched_checkpoint_fails_before_training(breakout_data, smoke_cfg, tmp_path):

@@ -167,7 +167,9 @@ def test_sweep_with_run_dir_on_s3(s3_data, s3_server):
     trial = best["trial_id"]
     assert best["checkpoint"].startswith(f"{run}/sweep/runs/{trial}/pretrain/checkpoint_")
     assert "runs/sweep/sweep/best_config.yaml" in keys
-    trials = {k.split("/")[3] for k in keys if k.startswith("runs/sweep/sweep/runs/")}
+    trials = {k.split("/")[4] for k in keys if k.startswith("runs/sweep/sweep/runs/")} - {
+        ""
+    }  # "": folder marker
     assert len(trials) == 2
     for t in trials:
         assert f"runs/sweep/sweep/runs/{t}/pretrain/best.json" in keys

@@ -148,6 +148,10 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
         result = trainer.fit()
     except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in its own types
         cause = getattr(e, "__cause__", None) or e
+        # a worker's own error (ray.train.WorkerGroupError.worker_failures: rank -> exception)
+        for failure in getattr(e, "worker_failures", {}).values():
+            if isinstance(failure, RayappError):
+                cause = failure
         if isinstance(cause, RayappError):
             raise cause from None
         raise StageError(
