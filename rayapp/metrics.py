@@ -9,11 +9,12 @@ import io
 import math
 import os
 import tempfile
+import uuid
 from typing import Any
 
 import pyarrow.fs as pafs
 
-from rayapp.storage import resolve, storage_errors, write_bytes_atomic
+from rayapp.storage import exists, read_bytes, resolve, storage_errors, write_bytes_atomic
 
 __all__ = ["MetricsLogger"]
 
@@ -21,7 +22,8 @@ __all__ = ["MetricsLogger"]
 class MetricsLogger:
     """`log(step, metrics)` appends a CSV row (`<folder>/metrics.csv`) and TensorBoard scalars
     (`<folder>/tensorboard/`). On object storage the files are staged locally and uploaded after
-    each call."""
+    each call. A resumed run (local or object storage) continues the CSV it finds and adds an event
+    file of its own next to the earlier ones (a unique suffix: nothing is overwritten)."""
 
     def __init__(self, folder: str):
         self.loc = resolve(folder)
@@ -29,16 +31,19 @@ class MetricsLogger:
         os.makedirs(self.local, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         self._tb = None
-        existing = os.path.join(self.local, "metrics.csv")
-        if self.loc.is_local and os.path.exists(existing):  # a resumed run appends to its history
-            with open(existing) as f:
-                self.rows = list(csv.DictReader(f))
+        existing = self.loc.join("metrics.csv")
+        if exists(existing):  # a resumed run appends to its history
+            self.rows = list(csv.DictReader(io.StringIO(read_bytes(existing).decode())))
 
     def _writer(self):
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(self.local, "tensorboard"), flush_secs=5)
+            self._tb = SummaryWriter(
+                os.path.join(self.local, "tensorboard"),
+                flush_secs=5,
+                filename_suffix=f".{uuid.uuid4().hex[:8]}",
+            )
         return self._tb
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:

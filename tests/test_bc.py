@@ -16,7 +16,7 @@ from rayapp.models import ModelSpec, build_model, load_policy, resolve_checkpoin
 from rayapp.record import record
 from rayapp.replay import ReplayDataset
 from rayapp.train.bc import pretrain
-from rayapp.train.bc_loop import _flatten, classification_metrics
+from rayapp.train.bc_loop import _flatten, classification_metrics, load_train_state
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_classification_metrics():
     assert m["val/recall_b"] == pytest.approx(0.5) and "val/recall_c" not in m
 
 
-def test_tiny_pretrain_two_workers_and_checkpoint_round_trip(breakout_data, smoke_cfg):
+def test_tiny_pretrain_two_workers_and_checkpoint_round_trip(breakout_data, smoke_cfg, tmp_path):
     cfg = smoke_cfg(f"data.uri={breakout_data}", "pretrain.epochs=2", "pretrain.batch_size=64")
     r = pretrain(cfg)
     run = cfg.run.dir
@@ -77,14 +77,17 @@ def test_tiny_pretrain_two_workers_and_checkpoint_round_trip(breakout_data, smok
         f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run, "pretrain", "tensorboard"))
     )
     assert os.path.exists(os.path.join(run, "config.pretrain.yaml"))
-    # the checkpoint alone rebuilds the network: same outputs as the weights saved for resuming
+    # the checkpoint alone rebuilds the network; the resume state is the optimizer's, readable
+    # by torch's restricted loader
     pol = load_policy(run)
     assert pol.spec.input_shape == (4, 84, 84) and pol.spec.controls == (("action", 4),)
     assert pol.game["game"] == "Breakout" and pol.action_labels() == ["NOOP", "FIRE", "RIGHT", "LEFT"]
-    state = torch.load(os.path.join(r.checkpoint, "train_state.pt"), weights_only=False)
-    ref = build_model(pol.spec)
-    ref.load_state_dict(state["model"])
-    ref.eval()
+    assert sorted(os.listdir(r.checkpoint)) == ["model.safetensors", "policy.json", "train_state.pt"]
+    state = load_train_state(r.checkpoint)
+    assert state["epoch"] + 1 == pol.meta["epoch"] and state["optimizer"]["state"]
+    opt = torch.optim.AdamW(pol.model().parameters())
+    opt.load_state_dict(state["optimizer"])
+    ref = pol.model()
     ep = next(ReplayDataset(breakout_data).iter_episodes())
     from rayapp.frames import Preprocessor
 
@@ -92,10 +95,24 @@ def test_tiny_pretrain_two_workers_and_checkpoint_round_trip(breakout_data, smok
         1, 4, 1, 1
     )
     with torch.no_grad():
-        assert torch.equal(pol.model()(x)[0], ref(x)[0])
+        assert torch.equal(load_policy(r.checkpoint).model()(x)[0], ref(x)[0])
     # rerunning the finished run says so instead of training again
     with pytest.raises(RayappError, match="already trained 2 epochs"):
         pretrain(cfg)
+    # a resume whose optimizer state was replaced by a malicious pickle is refused on the workers,
+    # with the workers' own message, and the pickle does not run
+    from test_checkpoint import evil_file
+
+    marker = tmp_path / "pwned"
+    for folder in os.listdir(os.path.join(run, "pretrain")):
+        if folder.startswith("checkpoint_2"):
+            evil_file(os.path.join(run, "pretrain", folder, "train_state.pt"), marker)
+    more = smoke_cfg(
+        f"data.uri={breakout_data}", "pretrain.epochs=3", "pretrain.batch_size=64", "pretrain.max_failures=0"
+    )
+    with pytest.raises(RayappError, match="train_state.pt of the checkpoint being resumed is refused"):
+        pretrain(more)
+    assert not marker.exists()
 
 
 def test_mismatched_checkpoint_fails_before_training(breakout_data, smoke_cfg, tmp_path):
@@ -226,3 +243,61 @@ def test_record_with_a_trained_checkpoint(breakout_data, smoke_cfg, tmp_path):
     )
     with pytest.raises(ConfigError, match="plays Breakout with 4 actions; env.game=Pong has 6"):
         record(pong, show_progress=False)
+
+
+def skewed_teacher_dataset(path, episodes=60, steps=20, seed=0):
+    """Frames that say one thing: dark or bright. The teacher_action label: NOOP on bright frames;
+    on dark ones NOOP 70% and FIRE 30% of the time, so FIRE is rare overall (15%). The action
+    column is always LEFT, unlike the label. Trained on teacher_action with inverse-frequency
+    weights, the best prediction on dark frames is FIRE (0.3 x 3.3 > 0.7 x 0.59); without the
+    weights it is NOOP, and on the action column it is LEFT."""
+    from rayapp.config import EnvConfig
+    from rayapp.envs.atari import dataset_info_for, make_atari_env
+    from rayapp.replay import ReplayWriter, create_dataset
+
+    env = make_atari_env(EnvConfig())
+    info = create_dataset(
+        str(path), dataset_info_for(env, EnvConfig(), "raw", 90, ("teacher_action",), {"policy": "synthetic"})
+    )
+    shape = env.observation_space.shape
+    env.close()
+    rng = np.random.default_rng(seed)
+    dark, bright = np.full(shape, 40, np.uint8), np.full(shape, 200, np.uint8)
+    with ReplayWriter(str(path), info, "w0", shard_steps=200) as w:
+        for _ in range(episodes):
+            w.begin_episode()
+            is_dark = rng.permutation(np.arange(steps) < steps // 2)
+            fire = rng.random(steps) < 0.3
+            for t in range(steps):
+                label = 1 if is_dark[t] and fire[t] else 0
+                w.add_step(
+                    dark if is_dark[t] else bright, 3, 0.0, t == steps - 1, False, teacher_action=label
+                )
+            w.end_episode()
+    return str(path)
+
+
+def test_pretrain_learns_teacher_action_with_class_weights(ray_session, smoke_cfg, tmp_path):
+    from rayapp.data.index import DatasetIndex
+
+    data = skewed_teacher_dataset(tmp_path / "skewed")
+    cfg = smoke_cfg(f"data.uri={data}", "data.label=teacher_action", "data.balance=weights", "data.frame_stack=1",
+                    "pretrain.epochs=3", "pretrain.num_workers=1", "pretrain.batch_size=64", "pretrain.lr=1.0e-3")  # fmt: skip
+    r = pretrain(cfg)
+    ingest = r.summary
+    assert ingest["train_action_counts"]["FIRE"] < ingest["train_action_counts"]["NOOP"] / 3
+    assert ingest["class_weights"][0][1] > 3 * ingest["class_weights"][0][0]  # FIRE weighs more than NOOP
+    rows = list(csv.DictReader(open(os.path.join(cfg.run.dir, "pretrain", "metrics.csv"))))
+    conf = np.array(json.loads(rows[-1]["val/confusion"]))  # rows: label, columns: prediction
+    d = cfg.data
+    index = DatasetIndex.build(
+        ReplayDataset(data), "teacher_action", d.val_fraction, d.test_fraction, d.split_seed
+    )
+    assert (
+        conf.sum(axis=1).tolist() == index.label_counts["val"][0].tolist()
+    )  # the labels were teacher_action
+    assert conf[:, 3].sum() == 0  # never the action column's LEFT
+    # the weights reached the loss: FIRE is predicted on dark frames (every FIRE found), which an
+    # unweighted loss never does (NOOP is likelier there)
+    assert float(rows[-1]["val/recall_FIRE"]) >= 0.8, conf.tolist()
+    assert float(rows[-1]["val/recall_NOOP"]) < 0.9, conf.tolist()

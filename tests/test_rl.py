@@ -169,7 +169,7 @@ def test_finetune_end_to_end_and_resume_from_the_same_step(bc_run, tmp_path):
     r = finetune(cfg)
     phases = [p["phase"] for p in r.curve]
     assert phases[:2] == ["bc", "offline"] and phases[-1] == "final"
-    assert os.path.exists(os.path.join(r.policy, "model.pt")) and os.path.exists(
+    assert os.path.exists(os.path.join(r.policy, "model.safetensors")) and os.path.exists(
         run / "finetune" / "best.json"
     )
     rows = open(run / "finetune" / "metrics.csv").read()

@@ -1,16 +1,22 @@
-"""Policy checkpoints: a folder with `model.pt` holding the weights, the model arguments, the frame
-preprocessing, the game and action space, and the full config, so a network can be rebuilt from
-the checkpoint alone (nanoGPT style). `--checkpoint` accepts such a folder, or a run folder (its
-best checkpoint, recorded in `<stage>/best.json`)."""
+"""Policy checkpoints: a folder with `model.safetensors` (the weights) and `policy.json` (the model
+arguments, the frame preprocessing, the game and action space, and the full config), so a network
+can be rebuilt from the checkpoint alone (nanoGPT style). `--checkpoint` accepts such a folder, or a
+run folder (its best checkpoint, recorded in `<stage>/best.json`).
+
+Nothing here unpickles: checkpoints live on shared storage, and a pickle from there would run code
+on every node that loads it. Checkpoints of earlier versions (one pickled `model.pt`) are refused
+with a message naming `python -m rayapp.models.convert`, which rewrites them through torch's
+restricted loader (`weights_only=True`: tensors and plain values only).
+"""
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from safetensors.torch import load, save
 
 from rayapp.errors import RayappError, StorageError
 from rayapp.frames import FrameSpec
@@ -18,17 +24,36 @@ from rayapp.models.nets import ModelSpec, PolicyNetwork, build_model
 from rayapp.storage import exists, read_bytes, resolve, write_bytes_atomic
 
 __all__ = [
-    "MODEL_FILE",
+    "WEIGHTS_FILE",
+    "POLICY_FILE",
+    "LEGACY_FILE",
+    "FORMAT",
     "PolicyCheckpoint",
+    "LegacyCheckpointError",
     "save_policy",
     "load_policy",
     "resolve_checkpoint",
     "write_best",
-    "state_bytes",
     "check_compatible",
+    "unwrap",
 ]
 
-MODEL_FILE = "model.pt"
+WEIGHTS_FILE = "model.safetensors"
+POLICY_FILE = "policy.json"  # written last: a folder without it is not (yet) a checkpoint
+LEGACY_FILE = "model.pt"  # rayapp.policy/1: everything in one pickle
+FORMAT = "rayapp.policy/2"
+
+
+class LegacyCheckpointError(RayappError):
+    """A checkpoint in the old pickled format, which is not loaded."""
+
+    def __init__(self, folder: str):
+        super().__init__(
+            f"{folder}: old checkpoint format ({LEGACY_FILE}, a pickle); rayapp no longer loads pickles "
+            f"from storage because they can run code. Convert it once with `python -m rayapp.models.convert "
+            f"{folder}` (reads tensors and plain values only, writes {WEIGHTS_FILE} + {POLICY_FILE}; give "
+            f"it a run folder to convert every checkpoint in it), or train it again"
+        )
 
 
 @dataclass
@@ -51,17 +76,26 @@ class PolicyCheckpoint:
         return labels or [str(i) for i in range(self.spec.controls[control][1])]
 
 
-def state_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside DDP / torch.compile wrappers."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     return model
+
+
+def weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    return save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+
+
+def write_checkpoint(folder: str, header: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
+    """The weights first, then `policy.json`: a reader never sees a description without weights."""
+    loc = resolve(folder)
+    write_bytes_atomic(loc.join(WEIGHTS_FILE), weights_bytes(state))
+    write_bytes_atomic(
+        loc.join(POLICY_FILE),
+        (json.dumps({"format": FORMAT, **header}, indent=1, default=float) + "\n").encode(),
+    )
+    return loc.uri
 
 
 def save_policy(
@@ -73,34 +107,50 @@ def save_policy(
     config: dict[str, Any],
     meta: dict[str, Any] | None = None,
 ) -> str:
-    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    payload = {"format": "rayapp.policy/1", "spec": spec.to_json(), "frames": frames.to_json(), "game": game,
-               "config": config, "meta": meta or {}, "state_dict": state}  # fmt: skip
-    loc = resolve(folder).join(MODEL_FILE)
-    write_bytes_atomic(loc, state_bytes(payload))
-    return loc.uri
+    header = {
+        "spec": spec.to_json(),
+        "frames": frames.to_json(),
+        "game": game,
+        "config": config,
+        "meta": meta or {},
+    }
+    return write_checkpoint(folder, header, unwrap(model).state_dict())
+
+
+def _unreadable(uri: str, e: Exception) -> RayappError:
+    return RayappError(f"{uri}: not a readable rayapp checkpoint ({type(e).__name__}: {str(e)[:200]})")
 
 
 def load_policy(path: str) -> PolicyCheckpoint:
     folder = resolve_checkpoint(path)
-    loc = resolve(folder).join(MODEL_FILE)
+    loc = resolve(folder)
     try:
-        payload = torch.load(io.BytesIO(read_bytes(loc)), map_location="cpu", weights_only=False)
+        header = json.loads(read_bytes(loc.join(POLICY_FILE)))
     except StorageError:
         raise
-    except Exception as e:  # noqa: BLE001 - a damaged file of any kind
-        raise RayappError(f"{loc.uri}: not a readable rayapp checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != "rayapp.policy/1":
-        raise RayappError(f"{loc.uri}: not a rayapp policy checkpoint")
-    return PolicyCheckpoint(
-        path=folder,
-        spec=ModelSpec.from_json(payload["spec"]),
-        frames=FrameSpec.from_json(payload["frames"]),
-        game=payload["game"],
-        config=payload["config"],
-        state_dict=payload["state_dict"],
-        meta=payload.get("meta", {}),
-    )
+    except ValueError as e:
+        raise _unreadable(loc.join(POLICY_FILE).uri, e) from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise RayappError(f"{loc.join(POLICY_FILE).uri}: not a rayapp policy checkpoint (format {FORMAT})")
+    weights = loc.join(WEIGHTS_FILE)
+    try:
+        state = load(read_bytes(weights))  # a JSON header and raw tensor bytes: nothing to execute
+    except StorageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for any bad file
+        raise _unreadable(weights.uri, e) from None
+    try:
+        return PolicyCheckpoint(
+            path=folder,
+            spec=ModelSpec.from_json(header["spec"]),
+            frames=FrameSpec.from_json(header["frames"]),
+            game=header["game"],
+            config=header["config"],
+            state_dict=state,
+            meta=header.get("meta", {}),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise _unreadable(loc.join(POLICY_FILE).uri, e) from None
 
 
 def write_best(run_dir: str, stage: str, checkpoint: str, metrics: dict[str, Any]) -> str:
@@ -112,22 +162,30 @@ def write_best(run_dir: str, stage: str, checkpoint: str, metrics: dict[str, Any
     return loc.uri
 
 
+def _is_checkpoint(loc) -> bool:
+    if exists(loc.join(POLICY_FILE)):
+        return True
+    if exists(loc.join(LEGACY_FILE)):
+        raise LegacyCheckpointError(loc.uri)
+    return False
+
+
 def resolve_checkpoint(path: str, stages: tuple[str, ...] = ("finetune", "pretrain")) -> str:
     """A checkpoint folder as is; a run folder -> the best checkpoint of its latest stage."""
     loc = resolve(path)
-    if exists(loc.join(MODEL_FILE)):
+    if _is_checkpoint(loc):
         return loc.uri
     for stage in stages:
         best = loc.join(stage, "best.json")
         if exists(best):
             target = json.loads(read_bytes(best))["checkpoint"]
-            if not exists(resolve(target).join(MODEL_FILE)):
+            if not _is_checkpoint(resolve(target)):
                 raise RayappError(
-                    f"{best.uri} points to {target}, which holds no {MODEL_FILE} (deleted or moved?)"
+                    f"{best.uri} points to {target}, which holds no {POLICY_FILE} (deleted or moved?)"
                 )
             return target
     raise RayappError(
-        f"no checkpoint at {path}: expected a checkpoint folder (with {MODEL_FILE}) or a run folder with "
+        f"no checkpoint at {path}: expected a checkpoint folder (with {POLICY_FILE}) or a run folder with "
         f"{' or '.join(s + '/best.json' for s in stages)}"
     )
 

@@ -128,6 +128,7 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
             raise RayappError(
                 f"{folder.uri} already trained {prev['epoch']} epochs (pretrain.epochs={p.epochs}); raise pretrain.epochs to continue, or use another run.dir"
             )
+        print(f"pretrain: resuming {folder.uri} after epoch {prev['epoch']} of {p.epochs}", flush=True)
     save_resolved_config(cfg, "pretrain")
     has_val = ingest.rows("val") > 0
     datasets = {"train": ingest.dataset("train")}

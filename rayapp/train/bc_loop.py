@@ -3,7 +3,8 @@ pass and its metrics (accuracy, balanced accuracy, per-action recall).
 
 The driver (`rayapp.train.bc.pretrain`) builds the ingest and the `TorchTrainer` that runs this;
 rank 0 writes a checkpoint every epoch (weights and model arguments as safetensors/JSON, see
-`rayapp.models.checkpoint`) plus the optimizer state for resuming.
+`rayapp.models.checkpoint`) plus the optimizer state for resuming (`train_state.pt`: tensors and
+plain values, read back with `torch.load(weights_only=True)`, which refuses anything else).
 """
 
 from __future__ import annotations
@@ -24,16 +25,33 @@ from ray.train import Checkpoint
 
 from rayapp.config import config_from_dict
 from rayapp.data.pipeline import torch_batches
-from rayapp.errors import StorageError
+from rayapp.errors import RayappError, StorageError
 from rayapp.frames import FrameSpec
 from rayapp.models.checkpoint import load_policy, save_policy, unwrap
 from rayapp.models.nets import ModelSpec, build_model
 from rayapp.progress import Progress, say
 from rayapp.storage import explain, join
 
-__all__ = ["train_fn_per_worker", "classification_metrics", "TRAIN_STATE"]
+__all__ = ["train_fn_per_worker", "classification_metrics", "load_train_state", "TRAIN_STATE"]
 
 TRAIN_STATE = "train_state.pt"
+
+
+def load_train_state(folder: str, device: Any = "cpu") -> dict[str, Any]:
+    """The optimizer state and epoch of a checkpoint folder, through torch's restricted unpickler:
+    a file with anything but tensors and plain values in it is refused, not run."""
+    path = os.path.join(folder, TRAIN_STATE)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - the restricted unpickler refusing the file, or a damaged one
+        raise RayappError(
+            f"{TRAIN_STATE} of the checkpoint being resumed is refused: not tensors and plain values "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); delete that checkpoint folder to resume "
+            "from an earlier one, or use another run.dir"
+        ) from None
+    if not isinstance(state, dict) or not {"optimizer", "epoch"} <= set(state):
+        raise RayappError(f"{TRAIN_STATE} of the checkpoint being resumed lacks the optimizer state or epoch")
+    return state
 
 
 def classification_metrics(confusion: np.ndarray, labels: list[str], prefix: str) -> dict[str, float]:
@@ -89,8 +107,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as folder:
-            state = torch.load(os.path.join(folder, TRAIN_STATE), map_location=device, weights_only=False)
-        unwrap(model).load_state_dict(state["model"])
+            state = load_train_state(folder, device)
+            saved = load_policy(folder).state_dict
+        unwrap(model).load_state_dict(saved)
         opt.load_state_dict(state["optimizer"])
         start = state["epoch"] + 1
         if rank == 0:
@@ -184,10 +203,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                     "metrics": {k: v for k, v in metrics.items() if k != "val/confusion"},
                 }
                 save_policy(folder, model, spec, frames, config["game"], config["cfg"], meta)
-                torch.save(
-                    {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "epoch": epoch},
-                    os.path.join(folder, TRAIN_STATE),
-                )
+                torch.save({"optimizer": opt.state_dict(), "epoch": epoch}, os.path.join(folder, TRAIN_STATE))
                 checkpoint = Checkpoint.from_directory(folder)
             try:
                 ray.train.report(metrics, checkpoint=checkpoint)
