@@ -247,10 +247,9 @@ def test_finetune_with_a_remote_learner_actor(bc_run, tmp_path):
 def test_a_gpu_learner_is_a_remote_actor_and_env_runners_stay_on_cpu():
     """What a GPU run asks Ray for, checked without a GPU: the driver (on KubeRay: the CPU-only
     head) asks for none, one learner actor asks for one, env runners for none."""
-    from rayapp.data.preprocess import FrameSpec
-
     from rayapp.config import load_config
     from rayapp.errors import ConfigError
+    from rayapp.frames import FrameSpec
     from rayapp.models import ModelSpec
     from rayapp.rl.algorithm import DQfD
     from rayapp.rl.dqn_config import dqn_config, resource_bundles

@@ -17,9 +17,8 @@ from rayapp.cli import main
 @pytest.fixture(scope="module")
 def s3_data(ray_session, s3_server):
     """Six smoke episodes by the noisy teacher, recorded straight into s3://<bucket>/replays."""
-    from rayapp.replay.record import record
-
     from rayapp.config import load_config
+    from rayapp.record import record
 
     name = f"runs-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)

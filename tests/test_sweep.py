@@ -232,9 +232,9 @@ def never_serving_policy(folder: str) -> str:
     """A policy checkpoint that always answers NOOP (its head's bias, weights zero): it never serves
     the ball, so its greedy Breakout score is 0 whatever a few learner updates do to it."""
     import torch
-    from rayapp.data.preprocess import FrameSpec
 
     from rayapp.config import Config, config_to_dict
+    from rayapp.frames import FrameSpec
     from rayapp.models.checkpoint import save_policy
     from rayapp.models.nets import ModelSpec, build_model
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 from rayapp.config import Config, FinetuneConfig
-from rayapp.data.preprocess import FrameSpec
+from rayapp.frames import FrameSpec
 from rayapp.models.nets import ModelSpec
+from rayapp.rl.env import ENV_NAME, env_config, register
 
 __all__ = ["learner_placement", "dqn_config", "build_algorithm", "resource_bundles", "eval_tasks"]
 
@@ -40,7 +41,6 @@ def dqn_config(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from rayapp.rl.algorithm import DQfD
-    from rayapp.rl.env import ENV_NAME, env_config, register
     from rayapp.rl.learner import DQfDTorchLearner
     from rayapp.rl.module import PixelQModule
 

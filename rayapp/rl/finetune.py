@@ -23,15 +23,27 @@ from typing import Any
 import numpy as np
 
 from rayapp.config import Config, config_to_dict
+from rayapp.envs.atari import action_controls, game_name, make_atari_env
+from rayapp.envs.episodes import play_episodes
 from rayapp.errors import RayappError
 from rayapp.frames import FrameSpec
-from rayapp.models.checkpoint import PolicyCheckpoint, load_policy, save_policy, write_best
+from rayapp.metrics import MetricsLogger
+from rayapp.models.checkpoint import (
+    PolicyCheckpoint,
+    check_compatible,
+    load_policy,
+    resolve_checkpoint,
+    save_policy,
+    write_best,
+)
 from rayapp.models.nets import ModelSpec, build_model
 from rayapp.progress import Progress
+from rayapp.replay.reader import ReplayDataset
 from rayapp.rl.dqn_config import build_algorithm, eval_tasks
+from rayapp.rl.offline import DemoStats, demo_episodes
 from rayapp.runs import save_resolved_config
 from rayapp.runtime import init_ray, require_resources
-from rayapp.storage import exists, resolve
+from rayapp.storage import exists, read_bytes, resolve, write_bytes_atomic
 
 __all__ = ["FinetuneResult", "finetune", "build_algorithm", "export_policy", "evaluate_greedy", "init_policy"]
 
@@ -50,7 +62,6 @@ def init_policy(cfg: Config) -> PolicyCheckpoint | None:
     src = cfg.finetune.init_checkpoint
     if src.lower() == "none":
         return None
-    from rayapp.models.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(src or cfg.run.dir, stages=("pretrain",))
     pol = load_policy(path)
@@ -109,11 +120,8 @@ def evaluate_greedy(
     policy: str, frames: FrameSpec, cfg: Config, episodes: int, seeds_from: int = 17
 ) -> list[float]:
     """Greedy scores (raw, unclipped) of an exported policy, episodes played in Ray tasks."""
-    import dataclasses
 
     import ray
-
-    from rayapp.envs.episodes import play_episodes
 
     env_cfg = dict(dataclasses.asdict(cfg.env), max_episode_steps=cfg.eval.max_episode_steps)
     seeds = [cfg.run.seed * 1000 + seeds_from + i for i in range(episodes)]
@@ -139,10 +147,6 @@ def _value(result: dict, *path: str, default: Any = None) -> Any:
 def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = None) -> FinetuneResult:
     """Offline, then online DQfD from the BC policy; `on_eval(point)` is called with every point
     of the learning curve (env_steps, phase, mean, std, scores, policy) as it is measured."""
-    from rayapp.envs.atari import action_controls, game_name, make_atari_env
-    from rayapp.metrics import MetricsLogger
-    from rayapp.models.checkpoint import check_compatible
-    from rayapp.rl.offline import DemoStats, demo_episodes
 
     f = cfg.finetune
     folder = resolve(cfg.run.dir).join("finetune")
@@ -186,8 +190,6 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
     demo_stats = DemoStats()
     demos = []
     if use_demos:  # dataset problems surface before Ray work starts
-        from rayapp.replay.reader import ReplayDataset
-
         info = ReplayDataset(cfg.data_uri).info
         data_spec = ModelSpec(
             frames.input_shape(tuple(info.observation.shape)),
@@ -244,8 +246,6 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
     )
     curve_file = folder.join("curve.json")
     if resumed and exists(curve_file):
-        from rayapp.storage import read_bytes
-
         result.curve = json.loads(read_bytes(curve_file))
     best = {"mean": -np.inf, "policy": ""}
     for point in result.curve:
@@ -259,7 +259,6 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
         point = {"env_steps": env_steps, "phase": phase, "updates": algo.updates, "mean": float(np.mean(scores)) if scores else float("nan"),
                  "std": float(np.std(scores)) if scores else float("nan"), "scores": scores, "policy": path}  # fmt: skip
         result.curve.append(point)
-        from rayapp.storage import write_bytes_atomic
 
         write_bytes_atomic(curve_file, (json.dumps(result.curve, indent=1) + "\n").encode())
         logger.log(
@@ -385,7 +384,6 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
         if not f.eval_episodes:
             write_best(cfg.run.dir, "finetune", final["policy"], {"env_steps": steps, "phase": "final"})
         result.policy = best["policy"] or final["policy"]
-        from rayapp.storage import write_bytes_atomic
 
         summary = {"policy": result.policy, "final_policy": result.final_policy, "env_steps": steps, "updates": algo.updates,
                    "demo": result.demo, "curve": [{k: p[k] for k in ("env_steps", "phase", "mean", "std")} for p in result.curve]}  # fmt: skip
@@ -406,7 +404,6 @@ def _epsilon(f, steps: int) -> float:
 
 
 def read_curve(run_dir: str) -> list[dict[str, Any]]:
-    from rayapp.storage import read_bytes
 
     loc = resolve(run_dir).join("finetune", "curve.json")
     return json.loads(read_bytes(loc)) if exists(loc) else []
