@@ -96,7 +96,10 @@ def test_a_sweep_ranked_by_validation_needs_a_validation_split(sweep_data, smoke
 
     tiny = smoke_cfg("record.episodes=1", "record.collectors=1")
     record(tiny, show_progress=False)
-    cfg = smoke_cfg(f"data.uri={tiny.data_uri}", "sweep.space={pretrain.lr: {choice: [0.001]}}")
+    # val_fraction=0: the one episode can never land in validation (its split hashes a random id)
+    cfg = smoke_cfg(
+        f"data.uri={tiny.data_uri}", "data.val_fraction=0.0", "sweep.space={pretrain.lr: {choice: [0.001]}}"
+    )
     with pytest.raises(ConfigError, match="needs a validation split, but none of the 1 episodes"):
         sweep(cfg)
 

@@ -187,6 +187,11 @@ def _check_validation_split(cfg: Config, metric: str) -> None:
             f"episodes of {cfg.data_uri} falls in it (data.val_fraction={d.val_fraction}): record more "
             "episodes or raise data.val_fraction"
         )
+    if not index.episodes("train"):
+        raise ConfigError(
+            f"sweep: none of the {len(index.episode_split)} episodes of {cfg.data_uri} falls in the training "
+            f"split (data.val_fraction={d.val_fraction}, data.test_fraction={d.test_fraction}): record more episodes"
+        )
 
 
 def _check_trial_fits(cfg: Config) -> None:
