@@ -170,6 +170,12 @@ def _ray_loop(config):
                 ) as f:  # Train V2 keeps no history of reports without checkpoints
                     f.write(json.dumps(row) + "\n")
             ray.train.report(row)
+    if config.get("stats") and ray.train.get_context().get_world_rank() == 0:
+        with open(config["stats"], "w") as f:  # Ray Data's own breakdown (the last epoch's)
+            f.write(shard.stats())
+
+
+STATS: list[str] = []  # --ray-stats FILE: the first Ray arm writes rank 0's `DataIterator.stats()` there
 
 
 def ray_arm(uri: str, variants: list[int], epochs: int, workers: int = 2) -> dict[int, list[float]]:
@@ -190,6 +196,7 @@ def ray_arm(uri: str, variants: list[int], epochs: int, workers: int = 2) -> dic
             "epochs": epochs,
             "prefetch": cfg.data.prefetch_batches,
             "out": out,
+            "stats": STATS.pop() if STATS else None,  # the first call only (local disk)
         },
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}),
         datasets={"train": ingest.dataset(None, train=True)},
@@ -273,8 +280,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], help="config override for all arms (data.x=y)")
+    ap.add_argument("--ray-stats", default=None, help="write Ray Data's stats of the Ray arm to this file")
     a = ap.parse_args()
     OVERRIDES.extend(a.set)
+    if a.ray_stats:
+        STATS.append(os.path.abspath(a.ray_stats))
     steps = a.steps or (12_000 if a.quick else 48_000)
     epochs = a.epochs or (3 if a.quick else 5)  # the first is warm-up; the median of the rest
     import ray
