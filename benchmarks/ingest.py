@@ -298,6 +298,7 @@ def main() -> None:
         uri = make_dataset(tmp, steps)
         variants = [SHUFFLE] if a.quick else [0, SHUFFLE]
         _summarise(out, "local", measure(uri, variants, epochs, cpus, passes=1 if a.quick else 2))
+        print("local disk:", json.dumps(out), file=sys.stderr, flush=True)  # progress; stdout stays one line
         if not a.quick:
             import logging
 
