@@ -3,9 +3,10 @@
 Arms (each delivers the same samples: 210x160 RGB Breakout frames -> gray 84x84 -> stacks of 4):
   ray        Ray Data (`ReplayDatasource`) through a `TorchTrainer` with 2 workers and
              `get_dataset_shard(...).iter_torch_batches(...)`; the loop body does nothing.
-  dataloader a PyTorch DataLoader over an IterableDataset of the same read tasks (2 worker
-             processes, batch_size=None, persistent workers, prefetch_factor=4), with the same
-             shuffle buffer size implemented in the workers.
+  dataloader a PyTorch DataLoader over an IterableDataset of the same read tasks
+             (`ingest_baseline.py`: 2 worker processes at one thread each, batches built in the
+             workers straight into shared memory, a vectorised shuffle buffer of the same size,
+             batch_size=None, persistent workers, prefetch_factor=4, in_order=False).
   limit      as many plain processes as CPUs, each running the same read/decode/preprocess/stack
              loop over its share of the tasks, in parallel: what the hardware allows (median of
              4 passes, 2 before the other arms and 2 after them; --quick: 1 and 1).
@@ -36,6 +37,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # ingest_baseline
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
@@ -168,6 +170,12 @@ def _ray_loop(config):
                 ) as f:  # Train V2 keeps no history of reports without checkpoints
                     f.write(json.dumps(row) + "\n")
             ray.train.report(row)
+    if config.get("stats") and ray.train.get_context().get_world_rank() == 0:
+        with open(config["stats"], "w") as f:  # Ray Data's own breakdown (the last epoch's)
+            f.write(shard.stats())
+
+
+STATS: list[str] = []  # --ray-stats FILE: the first Ray arm writes rank 0's `DataIterator.stats()` there
 
 
 def ray_arm(uri: str, variants: list[int], epochs: int, workers: int = 2) -> dict[int, list[float]]:
@@ -188,6 +196,7 @@ def ray_arm(uri: str, variants: list[int], epochs: int, workers: int = 2) -> dic
             "epochs": epochs,
             "prefetch": cfg.data.prefetch_batches,
             "out": out,
+            "stats": STATS.pop() if STATS else None,  # the first call only (local disk)
         },
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}),
         datasets={"train": ingest.dataset(None, train=True)},
@@ -206,84 +215,20 @@ def ray_arm(uri: str, variants: list[int], epochs: int, workers: int = 2) -> dic
 # ---- arm 2: a PyTorch DataLoader ------------------------------------------------------------------
 
 
-class _TaskStream:
-    """IterableDataset body: the read tasks split across DataLoader workers, batched, through a
-    shuffle buffer of the same size as Ray's local shuffle buffer (random replacement)."""
-
-    def __init__(self, spec, tasks, shuffle_buffer: int):
-        self.spec, self.tasks, self.shuffle_buffer, self.epoch = spec, tasks, shuffle_buffer, 0
-
-    def __iter__(self):
-        import torch
-        from torch.utils.data import get_worker_info
-
-        from rayapp.data.samples import read_samples
-
-        torch.set_num_threads(1)
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        self.epoch += 1
-        rng = np.random.default_rng([wid, self.epoch])
-        mine = [t for i, t in enumerate(self.tasks) if i % nw == wid]
-        rng.shuffle(mine)
-        size = self.shuffle_buffer
-        buf_o = buf_a = out_o = out_a = None
-        fill = pending = 0
-        for task in mine:
-            for b in read_samples(self.spec, task, self.epoch):
-                if not size:
-                    for s in range(0, len(b["obs"]), BATCH):
-                        yield {
-                            "obs": torch.from_numpy(b["obs"][s : s + BATCH]),
-                            "action": torch.from_numpy(b["action"][s : s + BATCH]),
-                        }
-                    continue
-                if buf_o is None:
-                    buf_o = np.empty((size, *b["obs"].shape[1:]), np.uint8)
-                    buf_a = np.empty(size, np.int64)
-                for i in range(len(b["obs"])):
-                    if fill < size:
-                        buf_o[fill], buf_a[fill] = b["obs"][i], b["action"][i]
-                        fill += 1
-                        continue
-                    if pending == 0:
-                        out_o = np.empty((BATCH, *buf_o.shape[1:]), np.uint8)
-                        out_a = np.empty(BATCH, np.int64)
-                    j = rng.integers(size)
-                    out_o[pending], out_a[pending] = buf_o[j], buf_a[j]
-                    buf_o[j], buf_a[j] = b["obs"][i], b["action"][i]
-                    pending += 1
-                    if pending == BATCH:
-                        yield {"obs": torch.from_numpy(out_o), "action": torch.from_numpy(out_a)}
-                        pending = 0
-        if pending:
-            yield {"obs": torch.from_numpy(out_o[:pending]), "action": torch.from_numpy(out_a[:pending])}
-        if fill:
-            rest = rng.permutation(fill)
-            for s in range(0, fill, BATCH):
-                idx = rest[s : s + BATCH]
-                yield {"obs": torch.from_numpy(buf_o[idx]), "action": torch.from_numpy(buf_a[idx])}
-
-
 def dataloader_arm(uri: str, shuffle_buffer: int, epochs: int, workers: int = 2) -> list[float]:
-    from torch.utils.data import DataLoader, IterableDataset
+    """frames/s per epoch of the DataLoader baseline (`ingest_baseline.make_loader`)."""
+    from ingest_baseline import make_loader
 
-    cfg, ingest = ingest_for(uri, shuffle_buffer)
-    stream = _TaskStream(ingest.read_spec(None, train=True), ingest.tasks(None), shuffle_buffer)
-
-    class DS(IterableDataset):
-        def __iter__(self):
-            return iter(stream)
-
-    loader = DataLoader(
-        DS(), batch_size=None, num_workers=workers, persistent_workers=True, prefetch_factor=4
+    _, ingest = ingest_for(uri, shuffle_buffer)
+    loader = make_loader(
+        ingest.read_spec(None, train=True), ingest.tasks(None), shuffle_buffer, BATCH, workers
     )
     rates = []
     for _ in range(epochs):
         t0 = time.perf_counter()
         n = 0
         for batch in loader:
-            n += len(batch["obs"])
+            n += len(batch["obs"])  # the loop body does nothing else
         rates.append(n / (time.perf_counter() - t0))
     del loader
     return rates
@@ -335,8 +280,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], help="config override for all arms (data.x=y)")
+    ap.add_argument("--ray-stats", default=None, help="write Ray Data's stats of the Ray arm to this file")
     a = ap.parse_args()
     OVERRIDES.extend(a.set)
+    if a.ray_stats:
+        STATS.append(os.path.abspath(a.ray_stats))
     steps = a.steps or (12_000 if a.quick else 48_000)
     epochs = a.epochs or (3 if a.quick else 5)  # the first is warm-up; the median of the rest
     import ray
@@ -350,6 +298,7 @@ def main() -> None:
         uri = make_dataset(tmp, steps)
         variants = [SHUFFLE] if a.quick else [0, SHUFFLE]
         _summarise(out, "local", measure(uri, variants, epochs, cpus, passes=1 if a.quick else 2))
+        print("local disk:", json.dumps(out), file=sys.stderr, flush=True)  # progress; stdout stays one line
         if not a.quick:
             import logging
 
