@@ -10,7 +10,7 @@ and re-raises the error with its traceback.
 
 Ray forwards every worker's stdout and stderr to the driver (`log_to_driver`) through a
 dispatcher with one handler, `ray_print_logs`. Ray has no public hook to filter it, so
-`attach_ray` swaps that handler (private `ray._private.worker`; tests/test_console.py fails if
+`attach_ray` swaps that handler (private `ray._private.worker`; tests/test_storage_outage.py::test_console_hook_into_ray_log_forwarding_exists fails if
 it moves) for one that writes every line to the log file and passes only stdout to Ray's printer.
 """
 

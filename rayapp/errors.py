@@ -61,7 +61,7 @@ def find_error(exc: BaseException, types: type | tuple[type, ...]) -> BaseExcept
     Ray Train and Ray Data wrap a worker's exception several times over (`WorkerGroupError`
     .worker_failures, `ControllerError.controller_failure`, `RayTaskError.cause`, Ray Train's
     `UserExceptionWithTraceback`, whose private `_base_exc` is the only way to the exception a worker
-    raised: tests/test_console.py fails if it moves). Ray's dual-class copies (a RayTaskError that is
+    raised: tests/test_storage_outage.py::test_find_error_unwraps_ray_train_and_ray_data fails if it moves). Ray's dual-class copies (a RayTaskError that is
     also a StorageError, whose str() is a whole traceback) are skipped for the original.
     """
     seen: set[int] = set()
