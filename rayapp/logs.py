@@ -4,9 +4,8 @@ Ray and RLlib log a few messages on every run that say nothing about the user's 
 deprecated `RLModuleConfig` inside `RLModule.__init__` itself; "you are running DQN on the new API
 stack"; Ray Data's "progress bars disabled" and per-epoch "execution finished" lines; Tune's
 "install gputil"; the token-authentication notice that every Ray 2.60 cluster prints). `install()`
-drops exactly those, by logger and message, in the driver; `init_ray` passes it to every worker
-of the job as Ray's documented `worker_process_setup_hook`, so Ray Train workers, RLlib env
-runners and learners and Ray Data's coordinators stay quiet too. Everything else, warnings and
+drops exactly those, by logger and message, in the driver (the CLI and `init_ray` call it); what
+workers log goes to the command's log file, not the console (`rayapp.console`). Everything else, warnings and
 errors included, passes through unchanged; `RAYAPP_VERBOSE=1` turns the filter off.
 """
 
@@ -43,7 +42,7 @@ class UnactionableFilter(logging.Filter):
 
 
 def install() -> None:
-    """Attach the filters (idempotent); also used as Ray's `worker_process_setup_hook`."""
+    """Attach the filters to their loggers (idempotent)."""
     if os.environ.get("RAYAPP_VERBOSE") == "1":
         return
     by_logger: dict[str, list[str]] = {}

@@ -27,12 +27,9 @@ def init_ray(cfg: RayConfig) -> None:
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS") or None
     quiet_logs()
-    # every worker of this job filters the same un-actionable messages (Ray's documented hook)
-    kwargs: dict = {
-        "log_to_driver": True,
-        "logging_level": logging.WARNING,
-        "runtime_env": {"worker_process_setup_hook": "rayapp.logs.install"},
-    }
+    # no job-level worker_process_setup_hook for the filter: it keeps Ray from using prestarted
+    # workers (about 1.5 s more per actor here); the workers' stderr goes to the log file anyway
+    kwargs: dict = {"log_to_driver": True, "logging_level": logging.WARNING}
     if address is None:
         kwargs.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard)
     try:
