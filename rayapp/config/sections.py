@@ -226,10 +226,12 @@ class FinetuneConfig:
     demo_ratio: float = opt(0.5, "share of every online batch drawn from the demonstrations (RLPD's 50/50)")
     margin_weight: float = opt(
         5.0,
-        "weight of DQfD's large-margin loss on demonstration rows (0: off); 5 keeps the BC policy's "
-        "action ranking through the offline phase better than DQfD's 1 (measured: benchmarks/RESULTS.md)",
+        "lambda2, weight of DQfD's large-margin loss on demonstration rows (0: off; the paper: 1); 5 keeps the "
+        "BC policy's action ranking through the offline phase better (measured: benchmarks/RESULTS.md)",
     )
-    margin: float = opt(0.8, "DQfD margin between the demonstrated action's Q-value and the others'")
+    margin: float = opt(0.8, "DQfD margin between the demonstrated action's Q-value and the others' (the paper: 0.8)")
+    n_step_weight: float = opt(1.0, "lambda1, weight of the n-step TD loss beside the 1-step one (the paper: 1)")
+    l2_weight: float = opt(1e-5, "lambda3, weight of the L2 penalty on the Q-network's weights (the paper: 1e-5)")
     margin_only: bool = opt(False, "train on demonstrations without rewards: margin loss only, no TD loss")
     dueling: bool = opt(
         True,
@@ -240,7 +242,9 @@ class FinetuneConfig:
         6.25e-5, "Adam learning rate (Rainbow's and DQfD's; 1e-4 erodes the BC policy faster offline)"
     )
     gamma: float = opt(0.99, "discount per step")
-    n_step: int = opt(3, "n-step returns")
+    n_step: int = opt(
+        3, "n of the n-step TD loss (cut at episode ends; the paper: 10, Rainbow: 3); the 1-step loss is always there"
+    )
     batch_size: int = opt(32, "transitions per learner update")
     updates_per_env_step: float = opt(
         0.25, "learner updates per env step online (0.25: one batch per 4 steps, Nature DQN)"
@@ -254,18 +258,22 @@ class FinetuneConfig:
     )
     epsilon_steps: int = opt(0, "env steps of the decay (0: constant `epsilon`)")
     buffer_size: int = opt(
-        50000, "online replay buffer, env steps (demonstrations have their own, never evicted)"
+        50000, "online replay buffer, env steps, oldest overwritten (demonstrations: finetune.demo_capacity)"
     )
     learning_starts: int = opt(
         1000, "online steps in the buffer before online rows are sampled (demonstrations fill in before)"
     )
     priority_alpha: float = opt(0.6, "prioritized replay exponent")
     priority_beta: float = opt(0.4, "importance-sampling exponent")
-    demo_priority_bonus: float = opt(1.0, "added to demonstration priorities (DQfD's epsilon_d)")
-    demo_action_balance: float = opt(
-        1.0,
-        "demonstration priorities times (action frequency)^-this: rare actions (FIRE) are replayed often enough to keep",
+    priority_eps: float = opt(0.001, "added to online transitions' |TD error| for their priority (DQfD's epsilon_a)")
+    demo_priority_eps: float = opt(
+        1.0, "added to demonstrations' |TD error| for their priority (DQfD's epsilon_d: demonstrations keep being replayed)"
     )
+    demo_capacity: int = opt(
+        1_000_000,
+        "demonstration steps the replay buffer holds (7 KB each at 84x84 gray); demonstrations are never evicted: more is an error",
+    )
+    grad_clip: float = opt(10.0, "gradients clipped to this global norm (0: no clipping)")
     num_env_runners: int = opt(1, "remote env runners (game processes; on game PCs, one per PC)")
     envs_per_env_runner: int = opt(
         16, "vectorised envs per env runner (batched inference: 16 amortise RLlib's per-call cost)"
@@ -287,10 +295,6 @@ class FinetuneConfig:
     num_learners: int | None = opt(
         None,
         "RLlib learner actors: 0 learns in the driver process, 1 in a remote actor (where a GPU can be); null: 1 with use_gpu, else 0",
-    )
-    deterministic: bool = opt(
-        False,
-        "torch's deterministic kernels in learner and env runners (slower on CPU: about 2x when acting)",
     )
     eval_every_steps: int = opt(
         10000, "greedy evaluation every this many online env steps (and before the first)"

@@ -95,6 +95,11 @@ class Config:
             raise ConfigError(
                 "finetune.offline_updates/online_steps >= 0, finetune.batch_size/n_step >= 1, finetune.num_env_runners >= 0"
             )
+        if f.demo_capacity < 2 or f.buffer_size < 2 or f.priority_eps <= 0 or f.demo_priority_eps <= 0 or f.grad_clip < 0:
+            raise ConfigError(
+                "finetune.demo_capacity and finetune.buffer_size >= 2, finetune.priority_eps and demo_priority_eps > 0, "
+                "finetune.grad_clip >= 0"
+            )
         if not 0 <= f.demo_ratio <= 1 or not 0 <= f.epsilon <= 1 or f.updates_per_env_step <= 0:
             raise ConfigError(
                 "finetune.demo_ratio and finetune.epsilon in [0, 1], finetune.updates_per_env_step > 0"

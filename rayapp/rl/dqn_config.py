@@ -25,7 +25,7 @@ from rayapp.frames import FrameSpec
 from rayapp.models.nets import ModelSpec
 from rayapp.rl.env import ENV_NAME, env_config, register
 
-__all__ = ["learner_placement", "dqn_config", "build_algorithm", "resource_bundles", "eval_tasks"]
+__all__ = ["learner_placement", "dqn_config", "build_algorithm", "resource_bundles", "eval_tasks", "training_intensity", "uses_demos"]
 
 
 def learner_placement(f: FinetuneConfig) -> tuple[int, float]:
@@ -61,9 +61,8 @@ def dqn_config(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None
             normalize_actions=False,
             clip_actions=False,
         )
-        .framework(
-            "torch", torch_skip_nan_gradients=True
-        )  # finiteness is checked once per update in the learner
+        # finiteness is checked once per update in the learner, which skips a non-finite update whole
+        .framework("torch", torch_skip_nan_gradients=True)
         .env_runners(
             num_env_runners=f.num_env_runners,
             num_envs_per_env_runner=f.envs_per_env_runner,
@@ -81,13 +80,13 @@ def dqn_config(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None
             num_gpus_per_learner=gpus_per_learner,
             learner_class=DQfDTorchLearner,
             learner_config_dict={
+                "one_step_weight": 1.0,
+                "n_step_weight": f.n_step_weight,
                 "margin_weight": f.margin_weight,
                 "margin": f.margin,
+                "l2_weight": f.l2_weight,
                 "margin_only": f.margin_only,
-                "demo_ratio": f.demo_ratio,
                 "updates_per_env_step": f.updates_per_env_step,
-                "demo_priority_bonus": f.demo_priority_bonus,
-                "demo_action_balance": f.demo_action_balance,
             },
         )
         .training(
@@ -95,24 +94,36 @@ def dqn_config(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None
             gamma=f.gamma,
             n_step=f.n_step,
             train_batch_size_per_learner=f.batch_size,
+            training_intensity=training_intensity(f),
             double_q=True,
             dueling=False,
             num_atoms=1,
             epsilon=epsilon,
-            grad_clip=10.0,
+            grad_clip=f.grad_clip or None,
+            grad_clip_by="global_norm",
             td_error_loss_fn="huber",
             target_network_update_freq=f.target_update_steps,
-            num_steps_sampled_before_learning_starts=f.learning_starts,
+            # with demonstrations, updates start at once (on demonstrations until the online part
+            # holds `learning_starts` steps: the buffer decides); without, DQN waits as usual
+            num_steps_sampled_before_learning_starts=0 if uses_demos(f) else f.learning_starts,
             replay_buffer_config={
-                "type": "PrioritizedEpisodeReplayBuffer",
+                "type": "rayapp.rl.buffer.DemoMixEpisodeReplayBuffer",
                 "capacity": f.buffer_size,
                 "alpha": f.priority_alpha,
                 "beta": f.priority_beta,
+                "demo_capacity": f.demo_capacity,
+                "demo_ratio": f.demo_ratio if uses_demos(f) else 0.0,
+                "priority_eps": f.priority_eps,
+                "demo_priority_eps": f.demo_priority_eps,
+                "online_learning_starts": f.learning_starts,
+                "frame_channels": spec.input_shape[0] // frames.frame_stack,
+                "frame_stack": frames.frame_stack,
+                "seed": cfg.run.seed if seed is None else seed,
             },
         )
         .rl_module(
             rl_module_spec=RLModuleSpec(module_class=PixelQModule),
-            model_config={"spec": spec.to_json(), "deterministic": f.deterministic},
+            model_config={"spec": spec.to_json()},
         )
         .reporting(min_sample_timesteps_per_iteration=f.steps_per_iteration)
         .fault_tolerance(
@@ -123,6 +134,20 @@ def dqn_config(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None
         .callbacks(on_episode_end=_on_episode_end)
         .debugging(seed=cfg.run.seed if seed is None else seed, log_level="ERROR")
     )
+
+
+def uses_demos(f: FinetuneConfig) -> bool:
+    return f.offline_updates > 0 or f.demo_ratio > 0 or f.margin_only
+
+
+def training_intensity(f: FinetuneConfig) -> float:
+    """DQN's `training_intensity` (replayed rows per sampled step) for `updates_per_env_step`.
+
+    DQN turns it into updates per sample call as if the local env runner sampled too
+    (`calculate_rr_weights` counts num_env_runners + 1); it does not when there are remote ones,
+    so the intensity is scaled by R / (R + 1) to make `updates_per_env_step` exact."""
+    r = f.num_env_runners
+    return f.updates_per_env_step * f.batch_size * max(r, 1) / max(r + 1, 1)
 
 
 def build_algorithm(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None = None):

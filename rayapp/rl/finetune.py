@@ -13,6 +13,7 @@ algorithm's checkpoint: rerunning resumes from it), `policies/<step>/` (exported
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -39,7 +40,7 @@ from rayapp.models.checkpoint import (
 from rayapp.models.nets import ModelSpec, build_model
 from rayapp.progress import Progress
 from rayapp.replay.reader import ReplayDataset
-from rayapp.rl.dqn_config import build_algorithm, eval_tasks
+from rayapp.rl.dqn_config import build_algorithm, eval_tasks, uses_demos
 from rayapp.rl.offline import DemoStats, demo_episodes
 from rayapp.runs import save_resolved_config
 from rayapp.runtime import init_ray, require_resources
@@ -186,10 +187,9 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
         "actions": [list(controls[0].labels)],
         "frame_rate": 60.0 / cfg.env.frameskip,
     }
-    use_demos = f.offline_updates > 0 or f.demo_ratio > 0 or f.margin_only
     demo_stats = DemoStats()
-    demos = []
-    if use_demos:  # dataset problems surface before Ray work starts
+    demos, first_demo = iter(()), None
+    if uses_demos(f):  # dataset problems surface before Ray work starts
         info = ReplayDataset(cfg.data_uri).info
         data_spec = ModelSpec(
             frames.input_shape(tuple(info.observation.shape)),
@@ -200,26 +200,11 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
         )
         check_compatible(data_spec, info.game, spec, game["game"], "the fine-tuned network", cfg.data_uri)
         d = cfg.data
-        demos = list(
-            demo_episodes(
-                cfg.data_uri,
-                frames,
-                "train",
-                f.clip_rewards,
-                d.split_seed,
-                d.val_fraction,
-                d.test_fraction,
-                d.max_corrupt_shards,
-                stats=demo_stats,
-            )
-        )
-        if not demos:
+        demos = demo_episodes(cfg.data_uri, frames, "train", f.clip_rewards, d.split_seed, d.val_fraction,
+                              d.test_fraction, d.max_corrupt_shards, stats=demo_stats)  # fmt: skip
+        first_demo = next(demos, None)
+        if first_demo is None:
             raise RayappError(f"no training episodes in {cfg.data_uri} to learn from")
-        if demo_stats.nonzero_rewards == 0 and not f.margin_only:
-            raise RayappError(
-                f"offline data at {cfg.data_uri} has no rewards (all {demo_stats.transitions:,} steps are 0): TD learning needs them; "
-                "set finetune.margin_only=true to train on the margin loss alone, or record with a reward source"
-            )
     save_resolved_config(cfg, "finetune")
     init_ray(cfg.ray)
     require_resources(f.env_runner_resources, "finetune.env_runner_resources")
@@ -232,8 +217,8 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
         resumed = True
     elif pol is not None:
         load_into(algo, pol.state_dict)
-    if demos:
-        algo.add_demos(demos)
+    if first_demo is not None:
+        add_demos(algo, first_demo, demos, cfg, demo_stats)
     logger = MetricsLogger(folder.uri)
     result = FinetuneResult(
         "",
@@ -293,9 +278,9 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
         # ---- offline phase -------------------------------------------------------------------------
         if not resumed and pol is not None and f.eval_episodes:
             evaluate_point(0, "bc")
-        todo = max(0, f.offline_updates - algo.updates)
+        todo = max(0, f.offline_updates - algo.offline_done)
         if todo > 0:
-            if not demos:
+            if not algo.demo_steps:
                 raise RayappError("the offline phase needs demonstrations")
             bar = Progress(todo, "finetune offline", unit="updates", log_every=15)
             t0 = time.perf_counter()
@@ -394,6 +379,28 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
         logger.close()
         algo.stop()
     return result
+
+
+def add_demos(algo, first, rest, cfg: Config, stats: DemoStats) -> None:
+    """Stream the demonstrations into the replay buffer, one episode in memory at a time."""
+    from rayapp.rl.buffer import BufferFull
+
+    bar = Progress(None, "finetune demonstrations", unit="steps", log_every=15)
+    try:
+        for ep in itertools.chain([first], rest):
+            bar.update(algo.add_demo(ep.frames, ep.actions, ep.rewards, ep.terminated))
+    except BufferFull as e:
+        raise RayappError(
+            f"the demonstrations in {cfg.data_uri} do not fit in finetune.demo_capacity={cfg.finetune.demo_capacity:,} "
+            f"steps ({e}); raise finetune.demo_capacity (7 KB per step at 84x84 gray) or record fewer episodes"
+        ) from None
+    finally:
+        bar.close()
+    if stats.nonzero_rewards == 0 and not cfg.finetune.margin_only:
+        raise RayappError(
+            f"offline data at {cfg.data_uri} has no rewards (all {stats.transitions:,} steps are 0): TD learning needs them; "
+            "set finetune.margin_only=true to train on the margin loss alone, or record with a reward source"
+        )
 
 
 def _epsilon(f, steps: int) -> float:

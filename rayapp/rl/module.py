@@ -21,23 +21,18 @@ from ray.rllib.utils.schedules.scheduler import Scheduler
 
 from rayapp.models.nets import ModelSpec, build_model
 
-__all__ = ["PixelQModule"]
+__all__ = ["NEXT_OBS_1", "PixelQModule", "QF_NEXT_1_PREDS", "QF_TARGET_NEXT_1_PREDS"]
+
+NEXT_OBS_1 = "next_obs_1"  # the one-step successor of a sampled transition (rayapp.rl.buffer)
+QF_NEXT_1_PREDS = "qf_next_1_preds"
+QF_TARGET_NEXT_1_PREDS = "qf_target_next_1_preds"
 
 
 class PixelQModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAPI):
     def setup(self) -> None:
-        if not self.model_config.get("deterministic", False):
-            # RLlib's `debugging(seed=...)` turns on torch's deterministic algorithms when there is no
-            # CUDA; on CPU that also fills every new tensor with NaN first, which made acting here
-            # about 2x slower. Seeds (envs, torch, numpy) stay; only the deterministic kernels go.
-            torch.use_deterministic_algorithms(False)
         spec = ModelSpec.from_json(self.model_config["spec"])
         self.net = build_model(spec)
         self.epsilon_schedule = Scheduler(self.model_config["epsilon"], framework="torch")
-        # layers that act differently in train and eval mode; rayapp's networks have none, so
-        # acting need not flip the whole module to eval and back on every step
-        mode_layers = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
-        self._mode_dependent = any(isinstance(m, mode_layers) for m in self.net.modules())
 
     # ---- target network ------------------------------------------------------------------------
     def get_non_inference_attributes(self) -> list[str]:
@@ -56,20 +51,9 @@ class PixelQModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAPI):
     def compute_q_values(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {QF_PREDS: self.net(batch[Columns.OBS])[0]}
 
-    # TorchRLModule's forward_exploration/inference call eval() then train() on every module of
-    # the network around each call: 2.5% of an env runner's time here, for nothing without
-    # batch-norm or dropout.
-    def forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        if self._mode_dependent:
-            return super().forward_exploration(batch, **kwargs)
-        return self._forward_exploration(batch, **kwargs)
-
-    def forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        if self._mode_dependent:
-            return super().forward_inference(batch, **kwargs)
-        return self._forward_inference(batch, **kwargs)
-
-    # Acting needs no gradients: RLlib's env runners call these with autograd on, which makes every
+    # RLlib's public extension points for acting are the `_forward_*` methods (TorchRLModule's
+    # `forward_exploration`/`forward_inference` wrap them in eval()/train() and are not to be
+    # overridden). Acting needs no gradients: RLlib calls these with autograd on, which makes every
     # forward keep its activations (about 2x slower on CPU here).
     @torch.no_grad()
     def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
@@ -85,8 +69,14 @@ class PixelQModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAPI):
         return {Columns.ACTIONS: torch.where(torch.rand(greedy.shape, device=q.device) < eps, rnd, greedy)}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """Q(s), Q(s') for the n-step target and, with `next_obs_1` (the buffer's one-step
+        successor), Q(s_t+1) for DQfD's 1-step target: one online and one target forward."""
         b = batch[Columns.OBS].shape[0]
-        q = self.net(torch.cat([batch[Columns.OBS], batch[Columns.NEXT_OBS]], 0))[0]
+        nxt = [batch[Columns.NEXT_OBS]] + ([batch[NEXT_OBS_1]] if NEXT_OBS_1 in batch else [])
+        q = self.net(torch.cat([batch[Columns.OBS], *nxt], 0))[0]
         with torch.no_grad():
-            target_next = self._target_net(batch[Columns.NEXT_OBS])[0]
-        return {QF_PREDS: q[:b], QF_NEXT_PREDS: q[b:], QF_TARGET_NEXT_PREDS: target_next}
+            target = self._target_net(torch.cat(nxt, 0))[0]
+        out = {QF_PREDS: q[:b], QF_NEXT_PREDS: q[b : 2 * b], QF_TARGET_NEXT_PREDS: target[:b]}
+        if len(nxt) > 1:
+            out[QF_NEXT_1_PREDS], out[QF_TARGET_NEXT_1_PREDS] = q[2 * b :], target[b:]
+        return out

@@ -1,7 +1,8 @@
-"""Recorded episodes -> RLlib `SingleAgentEpisode`s for DQN's replay buffer.
+"""Recorded episodes -> demonstrations for DQN's replay buffer, one episode at a time.
 
-Observations are stacked exactly as the ingest pipeline and the env wrapper stack them (the first
-frame of an episode pads the stack), and stay uint8 (28 KB per 4x84x84 step). A row holds the
+Frames are preprocessed exactly as the ingest pipeline and the env wrapper preprocess them, and are
+not stacked: the replay buffer keeps one uint8 frame per step (7 KB at 84x84 gray) and stacks at
+sampling time as the env does (the first frame of an episode pads the stack). A row holds the
 observation *before* its action, so an episode of T rows gives T transitions: the next state of the
 last one is the game-over frame for terminated episodes (never bootstrapped from, so the last
 observation stands in for it), and unknown for truncated or cut episodes, whose last row is dropped.
@@ -12,16 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import gymnasium as gym
 import numpy as np
 
 from rayapp.data.index import DatasetIndex
-from rayapp.data.samples import stack_indices
 from rayapp.errors import RayappError
 from rayapp.frames import FrameSpec, Preprocessor
 from rayapp.replay.reader import ReplayDataset
 
-__all__ = ["DemoStats", "demo_episodes"]
+__all__ = ["DemoEpisode", "DemoStats", "demo_episodes"]
 
 
 @dataclass
@@ -33,11 +32,12 @@ class DemoStats:
     skipped_shards: int = 0
 
 
-def _stack(frames: np.ndarray, k: int) -> np.ndarray:
-    """(T, c, h, w) -> (T, c*k, h, w) within one episode, padded with its first frame."""
-    t = len(frames)
-    idx = stack_indices(np.zeros(t, np.int64), np.arange(t), k)
-    return frames[idx].reshape(t, -1, *frames.shape[2:])
+@dataclass
+class DemoEpisode:
+    frames: np.ndarray  # (T+1, c, h, w) uint8: the observation before every action, and the last
+    actions: np.ndarray  # (T,)
+    rewards: np.ndarray  # (T,) float32, clipped if asked
+    terminated: bool  # the last observation is game over
 
 
 def demo_episodes(
@@ -52,10 +52,8 @@ def demo_episodes(
     max_steps: int = 0,
     stats: DemoStats | None = None,
 ) -> Iterator:
-    """Yield `SingleAgentEpisode`s of the dataset's `split` episodes (the BC split, so held-out
-    episodes stay held out); `stats` collects counts as they go."""
-    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
-
+    """Yield `DemoEpisode`s of the dataset's `split` episodes (the BC split, so held-out episodes
+    stay held out); `stats` collects counts as they go."""
     ds = ReplayDataset(uri)
     info = ds.info
     if len(info.actions) != 1:
@@ -67,9 +65,6 @@ def demo_episodes(
         index = DatasetIndex.build(ds, "action", val_fraction, test_fraction, split_seed, max_corrupt_shards)
         keep = {e for e, s in index.episode_split.items() if s == split}
     pre = Preprocessor(frames, info.observation.shape)
-    c, h, w = pre.out_shape
-    obs_space = gym.spaces.Box(0, 255, (c * frames.frame_stack, h, w), np.uint8)
-    act_space = gym.spaces.Discrete(info.actions[0].n)
     st = stats if stats is not None else DemoStats()
     for ep in ds.iter_episodes(max_corrupt_shards=max_corrupt_shards):
         if keep is not None and ep.episode_id not in keep:
@@ -79,9 +74,9 @@ def demo_episodes(
         st.score.append(float(rewards.sum()))
         if clip_rewards:
             rewards = np.sign(rewards)
-        obs = _stack(pre(ep.obs), frames.frame_stack)
+        obs = pre(ep.obs)
         terminated = bool(ep.terminated[-1])
-        if terminated:
+        if terminated:  # the game-over frame itself is not recorded: the last one stands in for it
             observations = np.concatenate([obs, obs[-1:]])
             actions, rew = ep.actions, rewards
         else:  # the state after the last row is unknown: drop the last transition
@@ -89,16 +84,7 @@ def demo_episodes(
                 continue
             observations, actions, rew = obs, ep.actions[:-1], rewards[:-1]
         n = len(actions)
-        yield SingleAgentEpisode(
-            observations=list(observations),
-            actions=[int(a) for a in actions],
-            rewards=[float(r) for r in rew],
-            terminated=terminated,
-            truncated=not terminated,
-            observation_space=obs_space,
-            action_space=act_space,
-            len_lookback_buffer=0,
-        )
+        yield DemoEpisode(observations, np.asarray(actions, np.int64), np.asarray(rew, np.float32), terminated)
         st.episodes += 1
         st.transitions += n
         if max_steps and st.transitions >= max_steps:
