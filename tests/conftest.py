@@ -135,3 +135,19 @@ def smoke_cfg(tmp_path):
         return load_config(SMOKE, [f"run.dir={tmp_path / 'run'}", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def bc_run(ray_session, tmp_path_factory):
+    """Six smoke episodes by the teacher and one epoch of BC on them (shared by the RL tests)."""
+    from rayapp.config import load_config
+    from rayapp.record import record
+    from rayapp.train.bc import pretrain
+
+    run = tmp_path_factory.mktemp("rl") / "run"
+    cfg = load_config(
+        SMOKE, [f"run.dir={run}", "record.episodes=6", "pretrain.epochs=1", "pretrain.num_workers=1"]
+    )
+    record(cfg, show_progress=False)
+    pretrain(cfg)
+    return str(run)

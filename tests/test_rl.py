@@ -12,24 +12,8 @@ import torch
 from conftest import SMOKE
 
 from rayapp.errors import RayappError
-from rayapp.record import record
 from rayapp.rl.finetune import build_algorithm, finetune, init_policy, load_into, module_state, q_spec
 from rayapp.rl.offline import demo_episodes
-from rayapp.train.bc import pretrain
-
-
-@pytest.fixture(scope="module")
-def bc_run(ray_session, tmp_path_factory):
-    """Six smoke episodes by the teacher and one epoch of BC on them."""
-    from rayapp.config import load_config
-
-    run = tmp_path_factory.mktemp("rl") / "run"
-    cfg = load_config(
-        SMOKE, [f"run.dir={run}", "record.episodes=6", "pretrain.epochs=1", "pretrain.num_workers=1"]
-    )
-    record(cfg, show_progress=False)
-    pretrain(cfg)
-    return str(run)
 
 
 def cfg_for(run, *overrides):
@@ -45,8 +29,18 @@ def algo_from_bc(cfg):
     pol = init_policy(cfg)
     algo = build_algorithm(cfg, q_spec(cfg, pol.spec), pol.frames)
     load_into(algo, pol.state_dict)
-    algo.add_demos(list(demo_episodes(cfg.data_uri, pol.frames)))
+    for e in demo_episodes(cfg.data_uri, pol.frames):
+        algo.add_demo(e.frames, e.actions, e.rewards, e.terminated)
     return algo
+
+
+def stacked(e, k: int = 4) -> np.ndarray:
+    """A demonstration's observations as the env stacks them (padded with the first frame)."""
+    from rayapp.data.samples import stack_indices
+
+    t = len(e.frames) - 1
+    idx = stack_indices(np.zeros(t, np.int64), np.arange(t), k)
+    return e.frames[idx].reshape(t, -1, *e.frames.shape[2:])
 
 
 def test_q_module_starts_as_the_bc_network(bc_run):
@@ -55,7 +49,7 @@ def test_q_module_starts_as_the_bc_network(bc_run):
     algo = build_algorithm(cfg, pol.spec, pol.frames)
     try:
         load_into(algo, pol.state_dict)
-        frames = np.stack([e.observations[0] for e in list(demo_episodes(cfg.data_uri, pol.frames))[:1]] * 3)
+        frames = np.stack([stacked(e)[0] for e in list(demo_episodes(cfg.data_uri, pol.frames))[:1]] * 3)
         x = torch.from_numpy(np.stack([ep for ep in frames]))
         bc = pol.model()
         learner_mod = algo.learner_group._learner.module["default_policy"]
@@ -69,7 +63,7 @@ def test_q_module_starts_as_the_bc_network(bc_run):
             )  # target net too
             runner_mod = algo.env_runner_group.local_env_runner.module
             assert torch.allclose(runner_mod.compute_q_values({Columns.OBS: x})["qf_preds"], want)
-            # acting (which skips TorchRLModule's eval/train flips) is greedy on the same values
+            # acting is greedy on the same values
             greedy = runner_mod.forward_inference({Columns.OBS: x})[Columns.ACTIONS]
             assert torch.equal(greedy, want.argmax(-1))
         assert all(np.array_equal(module_state(algo)[k], v.numpy()) for k, v in pol.state_dict.items())
@@ -93,7 +87,6 @@ def test_offline_phase_learns_from_demonstrations(bc_run):
         # uniform sampling: prioritised replay draws the transitions with the largest TD errors, so
         # the sampled loss would not estimate the loss over the demonstrations
         "finetune.priority_alpha=0",
-        "finetune.demo_action_balance=0",
     )
     pol = init_policy(cfg)
     assert pol is None
@@ -105,10 +98,10 @@ def test_offline_phase_learns_from_demonstrations(bc_run):
     algo = build_algorithm(cfg, ModelSpec(frames.input_shape((210, 160, 3)), (("action", 4),)), frames)
     try:
         demos = list(demo_episodes(cfg.data_uri, frames))
-        n = algo.add_demos(demos)
-        assert 300 < n < 1200
-        obs = torch.from_numpy(np.concatenate([np.stack(e.get_observations()[:-1]) for e in demos]))
-        acts = np.concatenate([np.asarray(e.get_actions()) for e in demos])
+        n = sum(algo.add_demo(e.frames, e.actions, e.rewards, e.terminated) for e in demos)
+        assert 300 < n < 1200 and algo.demo_steps == n
+        obs = torch.from_numpy(np.concatenate([stacked(e) for e in demos]))
+        acts = np.concatenate([e.actions for e in demos])
         net = algo.learner_group._learner.module["default_policy"].net
 
         def agreement():

@@ -89,10 +89,13 @@ class DQfD(DQN):
     # ---- checkpoints: the offline progress travels with the algorithm's state --------------------
     def get_state(self, *args, **kwargs) -> dict[str, Any]:
         state = super().get_state(*args, **kwargs)
-        state["rayapp"] = {"offline_done": self.offline_done}
+        # the update count is the buffer's sampled rows / batch: it travels here too, so an algorithm
+        # restored without its buffer's state still knows how far it got
+        state["rayapp"] = {"offline_done": self.offline_done, "sampled_steps": self.buffer.sampled_steps}
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
         if "rayapp" in state:
             self.offline_done = int(state["rayapp"].get("offline_done", state["rayapp"].get("updates", 0)))
+            self.buffer.sampled_steps = int(state["rayapp"].get("sampled_steps", self.buffer.sampled_steps))

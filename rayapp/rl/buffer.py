@@ -165,12 +165,12 @@ class DemoMixEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         return self.added_steps
 
     def get_metrics(self) -> dict[str, Any]:
-        return {
-            "online_steps": self.online.transitions,
-            "demo_steps": self.demos.transitions,
-            "online_max_priority": self.online.max_priority,
-            "bytes": self.online.nbytes + self.demos.nbytes,
-        }
+        """Reduced metrics in RLlib's form (the training step aggregates them under `replay_buffer`)."""
+        for key, value in (("online_steps", self.online.transitions), ("demo_steps", self.demos.transitions),
+                           ("online_max_priority", self.online.max_priority),
+                           ("bytes", self.online.nbytes + self.demos.nbytes), ("sampled_steps", self.sampled_steps)):
+            self.metrics.log_value(key, value, window=1)  # fmt: skip
+        return self.metrics.reduce()
 
     def get_state(self) -> dict[str, Any]:
         """The online data and the demonstrations' priorities (demonstrations are re-read from the
