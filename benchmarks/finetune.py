@@ -103,19 +103,24 @@ def sampling_rates(cfg, pol, seconds: float, rounds: int = 6) -> dict:
 
 
 def update_times(cfg, pol, demos, n: int) -> dict:
+    """One learner update through RLlib (`learner_group.update` on a batch from the replay buffer)
+    against the same DQfD update (1-step + n-step double-DQN Huber, margin, L2, clip, Adam) in a
+    bare torch loop on the same rows."""
     import torch
 
     from rayapp.models import build_model
     from rayapp.rl.finetune import build_algorithm, load_into, q_spec
-    from rayapp.rl.learner import margin_loss
+    from rayapp.rl.learner import margin_loss, td_target
 
     f = cfg.finetune
     algo = build_algorithm(cfg, q_spec(cfg, pol.spec), pol.frames)
     try:
         load_into(algo, pol.state_dict)
-        algo.add_demos(demos)
-        batches = [algo._sample(algo.demo_buffer, f.batch_size, 1.0) for _ in range(n + 5)]
-        algo.demo_buffer._last_sampled_indices = []
+        for d in demos:
+            algo.add_demo(d.frames, d.actions, d.rewards, d.terminated)
+        buf = algo.local_replay_buffer
+        batches = [buf.sample(num_items=f.batch_size, n_step=f.n_step, gamma=f.gamma, beta=f.priority_beta, demos_only=True)
+                   for _ in range(n + 5)]  # fmt: skip
         from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
         times = []
@@ -126,32 +131,35 @@ def update_times(cfg, pol, demos, n: int) -> dict:
         rllib = float(np.median(times[5:]))
     finally:
         algo.stop()
-    # the same update in plain torch: double DQN n-step target, Huber, margin loss, clip, Adam
-    net = build_model(pol.spec)
-    net.load_state_dict(pol.state_dict)
+    net = build_model(q_spec(cfg, pol.spec))
+    net.load_state_dict(pol.state_dict, strict=False)
     target = copy.deepcopy(net)
     opt = torch.optim.Adam(net.parameters(), lr=f.lr, foreach=True)
-    b = f.batch_size
-    obs = torch.from_numpy(np.stack([e.get_observations()[0] for e in batches[0]]))
-    nxt = torch.from_numpy(np.stack([e.get_observations()[-1] for e in batches[0]]))
-    act = torch.tensor([int(e.get_actions()[0]) for e in batches[0]])
-    rew = torch.tensor([float(e.get_rewards()[0]) for e in batches[0]])
-    done = torch.zeros(b)
-    w = torch.ones(b)
+    b, e0 = f.batch_size, batches[0]
+    col = lambda key: torch.as_tensor(np.stack([e.get_extra_model_outputs(key, 0) for e in e0]))  # noqa: E731
+    obs = torch.from_numpy(np.stack([e.get_observations(0) for e in e0]))
+    nxt = torch.from_numpy(np.stack([e.get_observations(1) for e in e0]))
+    nxt1 = col("next_obs_1")
+    act = torch.tensor([int(e.get_actions(0)) for e in e0])
+    rew = torch.tensor([float(e.get_rewards(0)) for e in e0])
+    done = torch.tensor([float(e.is_terminated) for e in e0])
+    rew1, done1, w, ns = col("reward_1").float(), col("terminated_1").float(), col("weights").float(), col("n_step").float()
 
     def step():
-        q_all = net(torch.cat([obs, nxt]))[0]
-        q, qn = q_all[:b], q_all[b:]
+        q_all = net(torch.cat([obs, nxt, nxt1]))[0]
+        q, qn, qn1 = q_all[:b], q_all[b : 2 * b], q_all[2 * b :]
         with torch.no_grad():
-            qt = target(nxt)[0]
-        y = rew + f.gamma**f.n_step * (1 - done) * qt.gather(1, qn.argmax(1, keepdim=True)).squeeze(1)
+            qt = target(torch.cat([nxt, nxt1]))[0]
         qa = q.gather(1, act[:, None]).squeeze(1)
-        loss = (
-            w * torch.nn.functional.huber_loss(qa, y.detach(), reduction="none")
-        ).mean() + f.margin_weight * margin_loss(q, act, torch.ones(b), f.margin)
+        huber = torch.nn.functional.huber_loss
+        yn = td_target(qn, qt[:b], rew, done, f.gamma**ns)
+        y1 = td_target(qn1, qt[b:], rew1, done1, f.gamma)
+        loss = ((w * huber(qa, y1, reduction="none")).mean() + f.n_step_weight * (w * huber(qa, yn, reduction="none")).mean()
+                + f.margin_weight * margin_loss(q, act, torch.ones(b), f.margin)
+                + f.l2_weight * sum((p**2).sum() for p in net.parameters()))  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0, foreach=True)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), f.grad_clip, foreach=True)
         opt.step()
 
     for _ in range(5):

@@ -1,0 +1,193 @@
+"""Fine-tuning A/B: this checkout's `rayapp finetune` against an earlier revision's, same BC run,
+same budget, several seeds, every final policy scored on the same fresh seeds; and the replay
+buffer's bytes per buffered step, before (RLlib's episode buffer of 4-frame stacks, the episode
+list alive beside it) and after (one frame per step).
+
+    python benchmarks/finetune_ab.py --bc-run runs/bcq --baseline b7c9f48            # 50k steps, 3 seeds
+    python benchmarks/finetune_ab.py --bc-run runs/bcq --steps 10000 --seeds 3       # a smaller budget
+    python benchmarks/finetune_ab.py --quick                                          # memory part only
+
+Each run is `rayapp finetune` in its own process (its own local Ray), the baseline from a git
+worktree of `--baseline`. Scores: greedy, `--episodes` episodes per policy on seeds 7,000,000+
+(no run's model selection saw them). Per arm: the mean over seeds of each seed's mean, with the
+standard error over seeds; the difference new - old with its standard error. Prints one JSON
+object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+FRESH_SEEDS = 7_000_000
+
+
+def memory_per_step(uri: str, frames, max_steps: int) -> dict:
+    """Peak traced bytes per demonstration step: the old path (stacked episodes in a list, copied
+    into RLlib's PrioritizedEpisodeReplayBuffer) against the new buffer."""
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+    from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import PrioritizedEpisodeReplayBuffer
+
+    from rayapp.data.samples import stack_indices
+    from rayapp.rl.buffer import DemoMixEpisodeReplayBuffer
+    from rayapp.rl.offline import demo_episodes
+
+    demos = list(demo_episodes(uri, frames, max_steps=max_steps))
+    steps = sum(len(d.actions) for d in demos)
+    k = frames.frame_stack
+    tracemalloc.start()
+    old = []
+    for d in demos:  # what rayapp.rl.offline built before: 4-frame stacks per step
+        t = len(d.frames)
+        obs = d.frames[stack_indices(np.zeros(t, np.int64), np.arange(t), k)].reshape(t, -1, *d.frames.shape[2:])
+        old.append(SingleAgentEpisode(observations=list(obs), actions=list(d.actions), rewards=list(d.rewards),
+                                      terminated=d.terminated, truncated=not d.terminated, len_lookback_buffer=0))  # fmt: skip
+    buf = PrioritizedEpisodeReplayBuffer(capacity=steps + len(demos) + 10)
+    buf.add(old)
+    old_peak = tracemalloc.get_traced_memory()[1]
+    del old, buf
+    tracemalloc.stop()
+    tracemalloc.start()
+    new = DemoMixEpisodeReplayBuffer(capacity=2, demo_capacity=steps + len(demos), frame_stack=k,
+                                     frame_channels=demos[0].frames.shape[1])  # fmt: skip
+    for d in demos:
+        new.add_demo(d.frames, d.actions, d.rewards, d.terminated)
+    new_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    gib16 = 16 * 2**30
+    frame = int(np.prod(demos[0].frames.shape[1:]))
+    return {
+        "memory_steps": steps,
+        "frame_bytes": frame,
+        "bytes_per_step_before": round(old_peak / steps),
+        "bytes_per_step_after": round(new_peak / steps),
+        "demo_steps_in_16GiB_before": int(gib16 / (old_peak / steps)),
+        "demo_steps_in_16GiB_after": int(gib16 / (new_peak / steps)),
+    }
+
+
+def baseline_tree(rev: str, base: str) -> str:
+    path = os.path.join(base, f"baseline-{rev}")
+    if not os.path.exists(path):
+        subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", path, rev], check=True, capture_output=True)
+    return path
+
+
+def run_finetune(code: str, run: str, seed: int, bc_run: str, data_uri: str, steps: int, extra: list[str]) -> dict:
+    sets = [f"run.dir={run}", f"run.seed={seed}", f"finetune.init_checkpoint={bc_run}", f"data.uri={data_uri}",
+            f"finetune.online_steps={steps}", f"finetune.eval_every_steps={max(steps // 2, 500)}",
+            f"finetune.checkpoint_every_steps={steps}", "finetune.eval_episodes=5", *extra]  # fmt: skip
+    cmd = [sys.executable, "-m", "rayapp.cli", "finetune", "--config", os.path.join(code, "configs", "quickstart.yaml")]
+    for s in sets:
+        cmd += ["--set", s]
+    env = dict(os.environ, PYTHONPATH=code, RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    t0 = time.perf_counter()
+    with open(os.path.join(os.path.dirname(run), os.path.basename(run) + ".log"), "w") as log:
+        subprocess.run(cmd, cwd=code, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
+    result = json.load(open(os.path.join(run, "finetune", "result.json")))
+    best = json.load(open(os.path.join(run, "finetune", "best.json")))
+    return {"final": result["final_policy"], "best": best.get("checkpoint") or best.get("policy"),
+            "curve": result["curve"], "seconds": round(time.perf_counter() - t0)}  # fmt: skip
+
+
+def score(policy: str, cfg, episodes: int) -> list[float]:
+    import ray
+
+    from rayapp.envs.episodes import play_episodes
+
+    env_cfg = dict(dataclasses.asdict(cfg.env), max_episode_steps=cfg.eval.max_episode_steps)
+    seeds = [FRESH_SEEDS + i for i in range(episodes)]
+    remote = ray.remote(num_cpus=1)(play_episodes)
+    from rayapp.models.checkpoint import load_policy
+
+    frames = load_policy(policy).frames.to_json()
+    refs = [remote.remote("policy", "greedy", seeds[c::2], env_cfg, policy, frames, 0.0, 0) for c in range(2)]
+    return [e["score"] for part in ray.get(refs) for e in part]
+
+
+def summary(per_seed: list[list[float]]) -> dict:
+    means = np.array([np.mean(s) for s in per_seed])
+    se = float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
+    return {"mean": round(float(means.mean()), 2), "se_over_seeds": round(se, 2), "seed_means": [round(float(m), 2) for m in means]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bc-run", help="a run folder with replays/ and pretrain/")
+    ap.add_argument("--baseline", default="b7c9f48", help="the revision whose finetune is the baseline (new: HEAD)")
+    ap.add_argument("--steps", type=int, default=50_000)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--episodes", type=int, default=30, help="evaluation episodes per policy")
+    ap.add_argument("--arms", default="old,new")
+    ap.add_argument("--set", action="append", default=[], help="extra --set for the new arm (one-at-a-time runs)")
+    ap.add_argument("--keep", default=None, help="keep run folders here")
+    ap.add_argument("--quick", action="store_true", help="the memory part only, on a few thousand steps")
+    a = ap.parse_args()
+    from rayapp.config import load_config
+    from rayapp.models.checkpoint import load_policy, resolve_checkpoint
+
+    base = a.keep or tempfile.mkdtemp(prefix="finetune-ab-")
+    os.makedirs(base, exist_ok=True)
+    out: dict = {"benchmark": "finetune_ab", "machine": f"{os.cpu_count()} cpus", "quick": a.quick}
+    if a.bc_run is None:
+        if not a.quick:
+            raise SystemExit("--bc-run is needed for the learning part")
+        from rayapp.record import record
+
+        a.bc_run = os.path.join(base, "bc")
+        cfg = load_config(os.path.join(ROOT, "configs", "smoke.yaml"), [f"run.dir={a.bc_run}", "record.episodes=4"])
+        record(cfg, show_progress=False)
+    cfg = load_config(os.path.join(ROOT, "configs", "quickstart.yaml"), [f"run.dir={a.bc_run}"])
+    from rayapp.frames import FrameSpec
+
+    frames = load_policy(resolve_checkpoint(a.bc_run, stages=("pretrain",))).frames if not a.quick else FrameSpec.from_config(cfg.data)
+    out.update(memory_per_step(cfg.data_uri, frames, 5000 if a.quick else 20000))
+    if a.quick:
+        print(json.dumps(out))
+        return
+    print(f"memory: {out}", flush=True)
+    import ray
+
+    # both arms run from git worktrees, so commits landing meanwhile change neither
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    codes = {"new": baseline_tree(head, base), "old": baseline_tree(a.baseline, base)}
+    out["new_revision"] = head
+    runs: dict[str, list[dict]] = {}
+    for arm in a.arms.split(","):
+        runs[arm] = []
+        for seed in range(a.seeds):
+            r = run_finetune(codes[arm], os.path.join(base, f"{arm}-{seed}"), seed, a.bc_run, cfg.data_uri, a.steps,
+                             a.set if arm == "new" else [])  # fmt: skip
+            runs[arm].append(r)
+            print(f"{arm} seed {seed}: {r['seconds']} s, curve {[round(p['mean'], 1) for p in r['curve']]}", flush=True)
+    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    bc = score(resolve_checkpoint(a.bc_run, stages=("pretrain",)), cfg, a.episodes)
+    out.update(steps=a.steps, seeds=a.seeds, episodes=a.episodes, baseline=a.baseline, new_sets=a.set,
+               bc={"mean": round(float(np.mean(bc)), 2), "se": round(float(np.std(bc, ddof=1) / np.sqrt(len(bc))), 2)})  # fmt: skip
+    finals = {}
+    for arm, rs in runs.items():
+        finals[arm] = [score(r["final"], cfg, a.episodes) for r in rs]
+        out[f"{arm}_final"] = summary(finals[arm])
+        out[f"{arm}_seconds"] = [r["seconds"] for r in rs]
+    if {"old", "new"} <= set(finals):
+        d = out["new_final"]["mean"] - out["old_final"]["mean"]
+        se = float(np.hypot(out["new_final"]["se_over_seeds"], out["old_final"]["se_over_seeds"]))
+        out["difference_new_minus_old"] = {"mean": round(d, 2), "se": round(se, 2), "beyond_se": abs(d) > se}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
