@@ -51,9 +51,12 @@ class EvalReport:
             "episodes": len(s),
         }
 
+    def seeds(self) -> list[int]:
+        return sorted({e["seed"] for eps in self.players.values() for e in eps})
+
     def to_json(self) -> dict[str, Any]:
         out = {"checkpoint": self.checkpoint, "game": self.game, "checkpoints": self.checkpoints,
-               "seeds": {"purpose": "evaluation"}, "scores": {}, "files": self.files}  # fmt: skip
+               "seeds": {"purpose": "evaluation", "seeds": self.seeds()}, "scores": {}, "files": self.files}  # fmt: skip
         for name, eps in self.players.items():
             out["scores"][name] = {
                 **self.stats(name),
@@ -74,8 +77,9 @@ class EvalReport:
         return out
 
     def text(self) -> str:
-        seeds = sorted({e["seed"] for eps in self.players.values() for e in eps})
-        lines = [f"evaluation of {self.checkpoint} on {self.game} (evaluation seeds {describe_seeds(seeds)})"]
+        lines = [
+            f"evaluation of {self.checkpoint} on {self.game} (evaluation seeds {describe_seeds(self.seeds())})"
+        ]
         for name in self.players:
             s = self.stats(name)
             mode = f"  [{self.modes[name]}]" if self.modes.get(name, name) != name.split("/")[-1] else ""

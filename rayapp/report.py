@@ -155,6 +155,8 @@ def _choice(best: dict[str, Any], ev: dict[str, Any] | None) -> list[str]:
             f"Chosen on its greedy score {_num(m.get('eval_score')):.1f} over {on['episodes']} episodes, "
             f"{on['purpose']} seeds {describe_seeds(on['seeds'])}."
         )
+    elif "eval_score" in m:  # a best.json of an earlier rayapp version
+        lines.append(f"Chosen on its greedy score {_num(m['eval_score']):.1f} (seeds not recorded).")
     else:
         lines.append("Not chosen on any episodes (`finetune.eval_episodes=0`): the final policy.")
     if ev:
@@ -199,7 +201,8 @@ def write_report(run_dir: str) -> str:
         if pol and pol.get("vs_random") is not None:
             lines += [
                 "",
-                f"The agent scores {pol['vs_teacher']:.2f}x the teacher and {pol['vs_random']:.1f}x random.",
+                f"The {_player_name('policy/greedy', pol, checkpoints)} scores {pol['vs_teacher']:.2f}x the teacher "
+                f"and {pol['vs_random']:.1f}x random.",
             ]
         lines += ["", "![scores](eval/scores.png)", ""]
         if exists(run.join("eval", "gameplay.gif")):
@@ -242,7 +245,7 @@ def write_report(run_dir: str) -> str:
         lines += [
             "## DQN fine-tuning",
             "",
-            "| phase | env steps | greedy score | selection seeds | |",
+            "| phase | env steps | greedy score | selection seeds | best.json |",
             "|---|---|---|---|---|",
         ]
         lines += [f"| {p['phase']} | {p['env_steps']:,} | {p['mean']:.1f} +- {p['std']:.1f} | {describe_seeds(p.get('seeds', []))} | "
