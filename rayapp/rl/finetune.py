@@ -25,6 +25,8 @@ import numpy as np
 
 from rayapp.config import Config, config_to_dict
 from rayapp.envs.atari import action_controls, game_name, make_atari_env
+from rayapp.envs.episodes import play_episodes
+from rayapp.envs.seeds import episode_seeds
 from rayapp.errors import RayappError
 from rayapp.frames import FrameSpec
 from rayapp.metrics import MetricsLogger
@@ -38,9 +40,9 @@ from rayapp.models.checkpoint import (
 from rayapp.models.nets import ModelSpec, build_model
 from rayapp.progress import Progress
 from rayapp.replay.reader import ReplayDataset
-from rayapp.rl.dqn_config import build_algorithm
+from rayapp.rl.dqn_config import build_algorithm, eval_tasks
 from rayapp.rl.offline import DemoStats, demo_episodes
-from rayapp.rl.selection import BestPolicy, evaluate_greedy
+from rayapp.rl.selection import BestPolicy
 from rayapp.runs import save_resolved_config
 from rayapp.runtime import init_ray, require_resources
 from rayapp.storage import exists, read_bytes, resolve, write_bytes_atomic
@@ -114,6 +116,27 @@ def export_policy(
     net.load_state_dict({k: torch.as_tensor(v) for k, v in module_state(algo).items()})
     save_policy(folder, net, spec, frames, game, config_to_dict(cfg), meta)
     return resolve(folder).uri
+
+
+def evaluate_greedy(
+    policy: str, frames: FrameSpec, cfg: Config, episodes: int, purpose: str = "selection"
+) -> list[dict[str, Any]]:
+    """Greedy episodes (seed, raw unclipped score, steps, ...) of an exported policy on the seeds
+    of `purpose` (`rayapp.envs.seeds`: fine-tuning selects on "selection"), played in Ray tasks."""
+
+    import ray
+
+    env_cfg = dict(dataclasses.asdict(cfg.env), max_episode_steps=cfg.eval.max_episode_steps)
+    seeds = episode_seeds(cfg.run.seed, purpose, episodes)
+    chunks = eval_tasks(cfg, episodes)
+    remote = ray.remote(num_cpus=cfg.eval.cpus_per_worker)(play_episodes)
+    refs = [
+        remote.remote(
+            "policy", "greedy", seeds[c::chunks], env_cfg, policy, frames.to_json(), cfg.eval.epsilon, 0
+        )
+        for c in range(chunks)
+    ]
+    return sorted((e for part in ray.get(refs) for e in part), key=lambda e: e["seed"])
 
 
 def _value(result: dict, *path: str, default: Any = None) -> Any:

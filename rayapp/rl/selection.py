@@ -1,8 +1,9 @@
-"""Choosing the fine-tuned policy: greedy episodes on the selection seeds, and `finetune/best.json`.
+"""Choosing the fine-tuned policy: `finetune/best.json` from greedy episodes on the selection seeds.
 
 Every point of fine-tuning's learning curve (the BC weights before any update, after the offline
 phase, every `finetune.eval_every_steps` online steps, the final policy) is played greedily for
-`finetune.eval_episodes` episodes on the *selection* seeds of `rayapp.envs.seeds`, disjoint from
+`finetune.eval_episodes` episodes on the *selection* seeds of `rayapp.envs.seeds`
+(`rayapp.rl.finetune.evaluate_greedy`), disjoint from
 the *evaluation* seeds `rayapp evaluate` and the report use. The best point so far is written to
 `best.json`; a later point replaces it only when its mean score is strictly higher, so a fine-tuned
 policy has to beat the BC point (phase "bc") to be chosen. `best.json` records what the choice was
@@ -16,38 +17,12 @@ made on:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from rayapp.config import Config
-from rayapp.envs.episodes import play_episodes
-from rayapp.envs.seeds import episode_seeds
-from rayapp.frames import FrameSpec
 from rayapp.models.checkpoint import write_best
-from rayapp.rl.dqn_config import eval_tasks
 
-__all__ = ["evaluate_greedy", "BestPolicy"]
-
-
-def evaluate_greedy(
-    policy: str, frames: FrameSpec, cfg: Config, episodes: int, purpose: str = "selection"
-) -> list[dict[str, Any]]:
-    """Greedy episodes (seed, raw unclipped score, steps, ...) of an exported policy on the seeds
-    of `purpose`, played in Ray tasks."""
-    import ray
-
-    env_cfg = dict(dataclasses.asdict(cfg.env), max_episode_steps=cfg.eval.max_episode_steps)
-    seeds = episode_seeds(cfg.run.seed, purpose, episodes)
-    chunks = eval_tasks(cfg, episodes)
-    remote = ray.remote(num_cpus=cfg.eval.cpus_per_worker)(play_episodes)
-    refs = [
-        remote.remote(
-            "policy", "greedy", seeds[c::chunks], env_cfg, policy, frames.to_json(), cfg.eval.epsilon, 0
-        )
-        for c in range(chunks)
-    ]
-    played = [e for part in ray.get(refs) for e in part]
-    return sorted(played, key=lambda e: e["seed"])
+__all__ = ["BestPolicy"]
 
 
 class BestPolicy:
