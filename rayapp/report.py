@@ -143,6 +143,13 @@ def _player_name(name: str, score: dict[str, Any], checkpoints: dict[str, Any]) 
     return agent if label == "greedy" else f"{agent}, {label}"
 
 
+def _older_eval(ev: dict[str, Any], best: dict[str, Any] | None) -> dict[str, Any]:
+    """An eval.json of an earlier rayapp version names only the path it played: its phase from best.json."""
+    if best and best.get("checkpoint") == ev.get("checkpoint"):
+        return {"policy": {"stage": "finetune", "phase": best.get("metrics", {}).get("phase")}}
+    return {}
+
+
 def _choice(best: dict[str, Any], ev: dict[str, Any] | None) -> list[str]:
     """Which checkpoint fine-tuning chose, and on which episodes."""
     m = best.get("metrics", {})
@@ -152,7 +159,7 @@ def _choice(best: dict[str, Any], ev: dict[str, Any] | None) -> list[str]:
     on = m.get("chosen_on")
     if on:
         lines.append(
-            f"Chosen on its greedy score {_num(m.get('eval_score')):.1f} over {on['episodes']} episodes, "
+            f"Chosen on its greedy score {_num(m.get('eval_score')):.1f} over {on['episodes']} episode{'s' if on['episodes'] != 1 else ''}, "
             f"{on['purpose']} seeds {describe_seeds(on['seeds'])}."
         )
     elif "eval_score" in m:  # a best.json of an earlier rayapp version
@@ -189,7 +196,7 @@ def write_report(run_dir: str) -> str:
             "| player | mean | std | min | max | episodes |",
             "|---|---|---|---|---|---|",
         ]
-        checkpoints = ev.get("checkpoints", {})
+        checkpoints = ev.get("checkpoints") or _older_eval(ev, _json(run.join("finetune", "best.json")))
         for name, s in ev["scores"].items():
             lines.append(
                 f"| {_player_name(name, s, checkpoints)} | {s['mean']:.1f} | {s['std']:.1f} | {s['min']:g} | {s['max']:g} | {s['episodes']} |"
@@ -201,8 +208,8 @@ def write_report(run_dir: str) -> str:
         if pol and pol.get("vs_random") is not None:
             lines += [
                 "",
-                f"The {_player_name('policy/greedy', pol, checkpoints)} scores {pol['vs_teacher']:.2f}x the teacher "
-                f"and {pol['vs_random']:.1f}x random.",
+                f"{_player_name('policy/greedy', pol, checkpoints)}: {pol['vs_teacher']:.2f}x the teacher, "
+                f"{pol['vs_random']:.1f}x random.",
             ]
         lines += ["", "![scores](eval/scores.png)", ""]
         if exists(run.join("eval", "gameplay.gif")):

@@ -39,7 +39,8 @@ def constant_checkpoint(folder, stage: str, small: bool = False) -> tuple[str, F
     game = {"game": "breakout", "env_id": cfg.env.game, "obs_shape": [210, 160, 3],
             "actions": [["NOOP", "FIRE", "RIGHT", "LEFT"]], "frame_rate": 15.0}  # fmt: skip
     meta = {"stage": stage, "phase": "online", "env_steps": 100} if stage == "finetune" else {"stage": stage}
-    path = save_policy(str(folder / f"{stage}{'-small' if small else ''}"), net, spec, frames, game, config_to_dict(cfg), meta)
+    name = f"{stage}-small" if small else stage
+    path = save_policy(str(folder / name), net, spec, frames, game, config_to_dict(cfg), meta)
     return path, frames
 
 
