@@ -297,19 +297,19 @@ def main() -> None:
                 os.path.join(ROOT, "configs", "quickstart.yaml"),
                 [f"run.dir={bc_run}"] + (["eval.max_episode_steps=500"] if a.quick else []),
             )
+            # on the evaluation seeds (rayapp.envs.seeds): not those the arms chose their best policy on
+            final_pols = {"bc": pol.path, "scratch": arms["scratch"]["final"], "dqfd": arms["dqfd"]["final"],
+                          "dqfd_best": arms["dqfd"]["policy"]}  # fmt: skip
             scores = {
-                "bc": evaluate_greedy(pol.path, pol.frames, final_cfg, evals, seeds_from=5000),
-                "scratch": evaluate_greedy(
-                    arms["scratch"]["final"], pol.frames, final_cfg, evals, seeds_from=5000
-                ),
-                "dqfd": evaluate_greedy(arms["dqfd"]["final"], pol.frames, final_cfg, evals, seeds_from=5000),
-                "dqfd_best": evaluate_greedy(
-                    arms["dqfd"]["policy"], pol.frames, final_cfg, evals, seeds_from=5000
-                ),
+                k: [
+                    e["score"] for e in evaluate_greedy(p, pol.frames, final_cfg, evals, purpose="evaluation")
+                ]
+                for k, p in final_pols.items()
             }
             import dataclasses
 
             from rayapp.envs.episodes import play_episodes
+            from rayapp.envs.seeds import episode_seeds
 
             env_cfg = dict(
                 dataclasses.asdict(final_cfg.env), max_episode_steps=final_cfg.eval.max_episode_steps
@@ -319,7 +319,7 @@ def main() -> None:
                 for e in play_episodes(
                     "teacher",
                     "teacher",
-                    [final_cfg.run.seed * 1000 + 5000 + i for i in range(evals)],
+                    episode_seeds(final_cfg.run.seed, "evaluation", evals),
                     env_cfg,
                     None,
                     None,

@@ -1,8 +1,11 @@
 """`rayapp evaluate --checkpoint ...`: play the game with a trained policy and compare.
 
-The policy plays `eval.episodes` episodes greedily and sampling from its softmax; the scripted
-teacher and a random player play the same episodes (same seeds, same emulator settings, same step
-cap) in the same run. Episode runners are Ray tasks. Writes to `<run.dir>/eval/`: `eval.json`,
+The policy plays `eval.episodes` episodes greedily and sampled (a BC policy samples its softmax, a
+Q-network from `rayapp finetune` plays epsilon-greedy at `eval.q_epsilon`); the scripted teacher
+and a random player play the same episodes (same seeds, same emulator settings, same step cap) in
+the same run. The seeds are the *evaluation* seeds of `rayapp.envs.seeds`, never those fine-tuning
+chose its best policy on. Episode runners are Ray tasks. Writes to `<run.dir>/eval/`: `eval.json`
+(scores, the seeds each player played, what each mode meant, which checkpoint was played),
 `scores.png` (a plot) and `gameplay.gif` (the greedy policy's first episode).
 """
 
@@ -17,7 +20,9 @@ import numpy as np
 
 from rayapp.config import Config
 from rayapp.envs.episodes import play_episodes
+from rayapp.envs.seeds import describe_seeds, episode_seeds
 from rayapp.errors import RayappError
+from rayapp.models.agent import mode_label
 from rayapp.models.checkpoint import load_policy
 from rayapp.runtime import init_ray
 from rayapp.storage import resolve, write_bytes_atomic
@@ -31,6 +36,10 @@ class EvalReport:
     game: str
     players: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    modes: dict[str, str] = field(default_factory=dict)  # player -> what its mode meant
+    checkpoints: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # policy name -> path, stage, phase, env_steps
 
     def stats(self, name: str) -> dict[str, float]:
         s = np.array([e["score"] for e in self.players[name]], np.float64)
@@ -42,13 +51,19 @@ class EvalReport:
             "episodes": len(s),
         }
 
+    def seeds(self) -> list[int]:
+        return sorted({e["seed"] for eps in self.players.values() for e in eps})
+
     def to_json(self) -> dict[str, Any]:
-        out = {"checkpoint": self.checkpoint, "game": self.game, "scores": {}, "files": self.files}
+        out = {"checkpoint": self.checkpoint, "game": self.game, "checkpoints": self.checkpoints,
+               "seeds": {"purpose": "evaluation", "seeds": self.seeds()}, "scores": {}, "files": self.files}  # fmt: skip
         for name, eps in self.players.items():
             out["scores"][name] = {
                 **self.stats(name),
+                "mode": self.modes.get(name, name),
                 "per_episode": [e["score"] for e in eps],
                 "steps": [e["steps"] for e in eps],
+                "seeds": [e["seed"] for e in eps],
             }
         for name in self.players:
             if "/" not in name:
@@ -62,11 +77,14 @@ class EvalReport:
         return out
 
     def text(self) -> str:
-        lines = [f"evaluation of {self.checkpoint} on {self.game}"]
+        lines = [
+            f"evaluation of {self.checkpoint} on {self.game} (evaluation seeds {describe_seeds(self.seeds())})"
+        ]
         for name in self.players:
             s = self.stats(name)
+            mode = f"  [{self.modes[name]}]" if self.modes.get(name, name) != name.split("/")[-1] else ""
             lines.append(
-                f"  {name:<16} score {s['mean']:7.2f} +- {s['std']:6.2f}  (min {s['min']:g}, max {s['max']:g}, {s['episodes']} episodes)"
+                f"  {name:<16} score {s['mean']:7.2f} +- {s['std']:6.2f}  (min {s['min']:g}, max {s['max']:g}, {s['episodes']} episodes){mode}"
             )
         j = self.to_json()["scores"]
         for name in self.players:
@@ -133,7 +151,7 @@ def evaluate(
             raise RayappError(f"{name} checkpoint {other.path} plays {other.game.get('game')}, not {game}")
         policies[name] = other
     init_ray(cfg.ray)
-    seeds = [cfg.run.seed * 1000 + 17 + i for i in range(e.episodes)]
+    seeds = episode_seeds(cfg.run.seed, "evaluation", e.episodes)
     jobs = [(name, m) for name in policies for m in e.modes] + [(b, b) for b in e.baselines]
     chunks = max(1, min(e.episodes, e.workers))
     remote = ray.remote(num_cpus=e.cpus_per_worker)(play_episodes)
@@ -150,8 +168,17 @@ def evaluate(
                 if p
                 else (name, name, part, env_cfg, None, None)
             )
-            refs.append((f"{name}/{mode}" if p else name, remote.remote(*args, e.epsilon, video)))
+            refs.append(
+                (f"{name}/{mode}" if p else name, remote.remote(*args, e.epsilon, video, e.q_epsilon))
+            )
     report = EvalReport(pol.path, game)
+    for name, p in policies.items():
+        report.checkpoints[name] = {
+            "path": p.path,
+            **{k: p.meta.get(k) for k in ("stage", "phase", "env_steps")},
+        }
+        for mode in e.modes:
+            report.modes[f"{name}/{mode}"] = mode_label(p, mode, e.epsilon, e.q_epsilon)
     for name, ref in refs:
         report.players.setdefault(name, []).extend(ray.get(ref))
     for eps in report.players.values():

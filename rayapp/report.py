@@ -1,5 +1,8 @@
 """`<run.dir>/report.md`: what a run did, to look at before reading. Scores of the teacher, random,
-BC and fine-tuned agents, learning curves, the action confusion, and the gameplay GIF."""
+BC and fine-tuned agents, which checkpoint was chosen and on what, learning curves, the action
+confusion, and the gameplay GIF. Scores come from `eval/eval.json` (the evaluation seeds); the
+choice of the fine-tuned policy from `finetune/best.json` (the selection seeds): see
+`rayapp.envs.seeds`."""
 
 from __future__ import annotations
 
@@ -10,9 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from rayapp.envs.seeds import describe_seeds
 from rayapp.storage import Location, exists, read_bytes, resolve, write_bytes_atomic
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "BC_WON"]
+
+BC_WON = "BC (no fine-tuned policy beat it)"
 
 
 def _json(loc: Location) -> Any:
@@ -117,6 +123,64 @@ def _finetune_plot(curve: list[dict[str, Any]], rows: list[dict[str, str]], bc: 
     return _png(fig)
 
 
+def _agent_name(checkpoint: dict[str, Any] | None, default: str) -> str:
+    """What a played checkpoint is: BC, the BC point of fine-tuning that nothing beat, or fine-tuned."""
+    if not checkpoint:
+        return default
+    if checkpoint.get("stage") == "pretrain":
+        return "BC agent"
+    if checkpoint.get("stage") == "finetune":
+        return BC_WON if checkpoint.get("phase") == "bc" else "fine-tuned agent"
+    return default
+
+
+def _player_name(name: str, score: dict[str, Any], checkpoints: dict[str, Any]) -> str:
+    if "/" not in name:
+        return {"teacher": "scripted teacher", "random": "random"}.get(name, name)
+    who, mode = name.split("/", 1)
+    agent = _agent_name(checkpoints.get(who), {"policy": "fine-tuned agent", "bc": "BC agent"}.get(who, who))
+    label = score.get("mode", mode)
+    return agent if label == "greedy" else f"{agent}, {label}"
+
+
+def _older_eval(ev: dict[str, Any], best: dict[str, Any] | None) -> dict[str, Any]:
+    """An eval.json of an earlier rayapp version names only the path it played: its phase from best.json."""
+    if best and best.get("checkpoint") == ev.get("checkpoint"):
+        return {"policy": {"stage": "finetune", "phase": best.get("metrics", {}).get("phase")}}
+    return {}
+
+
+def _choice(best: dict[str, Any], ev: dict[str, Any] | None) -> list[str]:
+    """Which checkpoint fine-tuning chose, and on which episodes."""
+    m = best.get("metrics", {})
+    what = BC_WON if m.get("phase") == "bc" else "fine-tuned agent"
+    lines = ["### Chosen policy", "",
+             f"**{what}**: `{best.get('checkpoint')}` (phase {m.get('phase')}, env step {m.get('env_steps', 0):,})."]  # fmt: skip
+    on = m.get("chosen_on")
+    if on:
+        lines.append(
+            f"Chosen on its greedy score {_num(m.get('eval_score')):.1f} over {on['episodes']} episode{'s' if on['episodes'] != 1 else ''}, "
+            f"{on['purpose']} seeds {describe_seeds(on['seeds'])}."
+        )
+    elif "eval_score" in m:  # a best.json of an earlier rayapp version
+        lines.append(f"Chosen on its greedy score {_num(m['eval_score']):.1f} (seeds not recorded).")
+    else:
+        lines.append("Not chosen on any episodes (`finetune.eval_episodes=0`): the final policy.")
+    if ev:
+        seeds = sorted({s for sc in ev["scores"].values() for s in sc.get("seeds", [])})
+        if seeds:
+            overlap = sorted(set(seeds) & set((on or {}).get("seeds", [])))
+            lines.append(
+                f"The scores above are on the evaluation seeds {describe_seeds(seeds)}"
+                + (
+                    f", which overlap the selection seeds at {describe_seeds(overlap)}."
+                    if overlap
+                    else ", not those it was chosen on."
+                )
+            )
+    return lines + [""]
+
+
 def write_report(run_dir: str) -> str:
     """Write `<run.dir>/report.md` (and its plots) from whatever stages have run."""
     import matplotlib
@@ -132,17 +196,20 @@ def write_report(run_dir: str) -> str:
             "| player | mean | std | min | max | episodes |",
             "|---|---|---|---|---|---|",
         ]
-        names = {"policy/greedy": "fine-tuned agent", "policy/sampled": "fine-tuned agent (sampled)", "bc/greedy": "BC agent",
-                 "bc/sampled": "BC agent (sampled)", "teacher": "scripted teacher", "random": "random"}  # fmt: skip
+        checkpoints = ev.get("checkpoints") or _older_eval(ev, _json(run.join("finetune", "best.json")))
         for name, s in ev["scores"].items():
             lines.append(
-                f"| {names.get(name, name)} | {s['mean']:.1f} | {s['std']:.1f} | {s['min']:g} | {s['max']:g} | {s['episodes']} |"
+                f"| {_player_name(name, s, checkpoints)} | {s['mean']:.1f} | {s['std']:.1f} | {s['min']:g} | {s['max']:g} | {s['episodes']} |"
             )
+        seeds = sorted({x for sc in ev["scores"].values() for x in sc.get("seeds", [])})
+        if seeds:
+            lines += ["", f"Every player played the evaluation seeds {describe_seeds(seeds)}."]
         pol = ev["scores"].get("policy/greedy")
         if pol and pol.get("vs_random") is not None:
             lines += [
                 "",
-                f"The agent scores {pol['vs_teacher']:.2f}x the teacher and {pol['vs_random']:.1f}x random.",
+                f"{_player_name('policy/greedy', pol, checkpoints)}: {pol['vs_teacher']:.2f}x the teacher, "
+                f"{pol['vs_random']:.1f}x random.",
             ]
         lines += ["", "![scores](eval/scores.png)", ""]
         if exists(run.join("eval", "gameplay.gif")):
@@ -181,9 +248,18 @@ def write_report(run_dir: str) -> str:
         rows = _csv(run.join("finetune", "metrics.csv"))
         bc = next((p["mean"] for p in ft if p["phase"] == "bc"), None)
         write_bytes_atomic(run.join("report", "finetune.png"), _finetune_plot(ft, rows, bc))
-        lines += ["## DQN fine-tuning", "", "| phase | env steps | greedy score |", "|---|---|---|"]
-        lines += [f"| {p['phase']} | {p['env_steps']:,} | {p['mean']:.1f} +- {p['std']:.1f} |" for p in ft]
+        best = _json(run.join("finetune", "best.json")) or {}
+        lines += [
+            "## DQN fine-tuning",
+            "",
+            "| phase | env steps | greedy score | selection seeds | best.json |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {p['phase']} | {p['env_steps']:,} | {p['mean']:.1f} +- {p['std']:.1f} | {describe_seeds(p.get('seeds', []))} | "
+                  f"{'chosen' if p['policy'] == best.get('checkpoint') else ''} |" for p in ft]  # fmt: skip
         lines += ["", "![fine-tuning](report/finetune.png)", ""]
+        if best:
+            lines += _choice(best, ev)
     lines += ["## Where things are", "", "- TensorBoard: `tensorboard --logdir " + run.uri + "`",
               "- configs: `config.<stage>.yaml` (rerun a stage with `--config` on one of them)",
               "- checkpoints: `pretrain/best.json`, `finetune/best.json` (`rayapp evaluate --checkpoint " + run.uri + "`)", ""]  # fmt: skip

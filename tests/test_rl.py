@@ -346,3 +346,47 @@ def test_offline_data_without_rewards(bc_run, tmp_path):
         cfg_for(run, "finetune.offline_updates=20", "finetune.online_steps=0", "finetune.margin_only=true")
     )
     assert r.final_policy and r.history and all(np.isfinite(h["losses/margin_loss"]) for h in r.history)
+
+
+def test_best_policy_is_chosen_on_selection_seeds_and_the_report_says_when_bc_won(bc_run, tmp_path):
+    """The policy is chosen on the selection seeds, scored by `rayapp evaluate` on others, and when
+    nothing beat the BC point the report says so. `finetune.lr=0`: the offline phase cannot change
+    the network, so its point ties with the BC point, and a tie keeps BC."""
+    import json
+    import shutil
+
+    from rayapp.envs.seeds import seed_purpose
+    from rayapp.models import resolve_checkpoint
+    from rayapp.pipeline import run_pipeline
+
+    run = tmp_path / "run"
+    shutil.copytree(bc_run, run)
+    cfg = cfg_for(run, "finetune.lr=0", "finetune.offline_updates=5", "finetune.online_steps=0",
+                  "finetune.eval_episodes=2", "eval.max_episode_steps=100", "eval.episodes=2", "eval.video_steps=0")  # fmt: skip
+    r = finetune(cfg)
+    assert [p["phase"] for p in r.curve] == ["bc", "offline"] and r.curve[0]["mean"] == r.curve[1]["mean"]
+    best = json.loads((run / "finetune" / "best.json").read_text())
+    assert best["checkpoint"] == r.policy == r.curve[0]["policy"] == resolve_checkpoint(str(run))
+    m = best["metrics"]
+    assert m["phase"] == "bc" and m["bc"] is True and m["env_steps"] == 0
+    assert m["chosen_on"]["episodes"] == 2 and m["chosen_on"]["seeds"] == r.curve[0]["seeds"]
+    run_pipeline(cfg, stages=["evaluate", "report"])  # the policy finetune chose, and BC beside it
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    played_to_select = {
+        s for p in json.loads((run / "finetune" / "curve.json").read_text()) for s in p["seeds"]
+    }
+    played_to_report = {s for sc in ev["scores"].values() for s in sc["seeds"]}
+    assert len(played_to_select) == 2 and len(played_to_report) == 2
+    assert not played_to_select & played_to_report
+    assert {seed_purpose(s) for s in played_to_select} == {"selection"}
+    assert {seed_purpose(s) for s in played_to_report} == {"evaluation"}
+    # what "sampled" meant for each network: the chosen policy is a Q-network, BC a softmax policy
+    assert ev["scores"]["policy/sampled"]["mode"] == "sampled (epsilon-greedy 0.05)"
+    assert ev["scores"]["bc/sampled"]["mode"] == "sampled (softmax)"
+    assert ev["checkpoints"]["policy"]["phase"] == "bc" and ev["checkpoints"]["bc"]["stage"] == "pretrain"
+    report = (run / "report.md").read_text()
+    assert "| BC (no fine-tuned policy beat it) |" in report  # the scores table
+    assert "fine-tuned agent" not in report
+    lo, hi = sorted(m["chosen_on"]["seeds"])
+    assert f"**BC (no fine-tuned policy beat it)**: `{best['checkpoint']}` (phase bc, env step 0)" in report
+    assert f"over 2 episodes, selection seeds {lo}-{hi}" in report

@@ -299,20 +299,34 @@ class FinetuneConfig:
     eval_every_steps: int = opt(
         10000, "greedy evaluation every this many online env steps (and before the first)"
     )
-    eval_episodes: int = opt(3, "episodes per evaluation point of the learning curve")
+    eval_episodes: int = opt(
+        3,
+        "episodes per evaluation point of the learning curve, on the selection seeds (rayapp.envs.seeds), "
+        "disjoint from those `rayapp evaluate` plays",
+    )
     checkpoint_every_steps: int = opt(10000, "RLlib checkpoint every this many online env steps")
 
 
 @dataclass
 class EvalConfig:
-    episodes: int = opt(10, "episodes per policy (greedy, sampled, teacher, random)")
+    episodes: int = opt(
+        10,
+        "episodes per policy (greedy, sampled, teacher, random), on the evaluation seeds (rayapp.envs.seeds)",
+    )
     max_episode_steps: int = opt(4500, "cap per evaluation episode (4,500 steps = 5 minutes of game time)")
     modes: list[str] = opt(
-        ["greedy", "sampled"], "how the trained policy acts: argmax, or sampling from its softmax"
+        ["greedy", "sampled"],
+        "how the trained policy acts: greedy (argmax); sampled: a BC policy samples its softmax, "
+        "a Q-network (fine-tuned) plays epsilon-greedy at eval.q_epsilon",
     )
     baselines: list[str] = opt(["teacher", "random"], "reference players measured in the same run")
     epsilon: float = opt(
         0.0, "greedy mode: probability of a random action (0.05 is the Atari convention for DQN)"
+    )
+    q_epsilon: float = opt(
+        0.05,
+        "sampled mode of a Q-network (a policy exported by `rayapp finetune`): probability of a random "
+        "action, else greedy; 0.05 is the usual Atari evaluation epsilon, Dopamine evaluates at 0.001",
     )
     workers: int = opt(2, "parallel episode runners (Ray tasks)")
     cpus_per_worker: float = opt(1.0, "CPUs per episode runner")

@@ -129,6 +129,10 @@ class Config:
             raise ConfigError(f"eval.modes are greedy/sampled and eval.baselines teacher/random; got {bad}")
         if e.episodes < 1 or e.workers < 1 or e.max_episode_steps < 1:
             raise ConfigError("eval.episodes, eval.workers and eval.max_episode_steps must be >= 1")
+        if not 0 <= e.q_epsilon <= 1 or not 0 <= e.epsilon <= 1:
+            raise ConfigError(
+                f"eval.epsilon and eval.q_epsilon must be in [0, 1], got {e.epsilon} and {e.q_epsilon}"
+            )
         d = self.data
         if d.max_corrupt_shards < 0:
             raise ConfigError("data.max_corrupt_shards must be >= 0")

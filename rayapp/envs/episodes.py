@@ -14,7 +14,7 @@ from rayapp.envs.atari import game_name, make_atari_env
 from rayapp.envs.policies import make_policy
 from rayapp.envs.wrappers import PixelStack
 from rayapp.frames import FrameSpec
-from rayapp.models.agent import Agent
+from rayapp.models.agent import Q_EPSILON, Agent
 
 __all__ = ["play_episodes"]
 
@@ -28,15 +28,18 @@ def _overlay(frame: np.ndarray, text: str) -> np.ndarray:
 
 
 def play_episodes(player: str, mode: str, seeds: list[int], env_cfg: dict[str, Any], checkpoint: str | None,
-                  frames_json: dict | None, epsilon: float, video_steps: int = 0) -> list[dict[str, Any]]:  # fmt: skip
-    """Play one episode per seed; returns score, steps and action counts (and video frames for the
-    first episode when `video_steps` > 0). Runs in a Ray task or in-process."""
+                  frames_json: dict | None, epsilon: float, video_steps: int = 0,
+                  q_epsilon: float = Q_EPSILON) -> list[dict[str, Any]]:  # fmt: skip
+    """Play one episode per seed; returns seed, score, steps and action counts (and video frames
+    for the first episode when `video_steps` > 0). A policy's `mode` is greedy (with `epsilon`)
+    or sampled (its softmax, or epsilon-greedy at `q_epsilon` for a Q-network: see `Agent`).
+    Seeds come from `rayapp.envs.seeds`. Runs in a Ray task or in-process."""
     ec = EnvConfig(**env_cfg)
     env = make_atari_env(ec)
     results = []
     if player == "policy":
         env = PixelStack(env, FrameSpec.from_json(frames_json))
-        agent = Agent(checkpoint, mode, epsilon, seed=seeds[0] if seeds else 0)
+        agent = Agent(checkpoint, mode, epsilon, seed=seeds[0] if seeds else 0, q_epsilon=q_epsilon)
     else:
         agent = make_policy(
             RecordConfig(policy=player),

@@ -7,7 +7,8 @@ transitions, then online (DQfD recipe: TD + large-margin loss, demonstrations ke
 Writes to `<run.dir>/finetune/`: `metrics.csv` and `tensorboard/` (episode score, greedy eval
 score, TD loss, margin loss, Q-values, epsilon, env steps/s, learner updates/s), `rllib/` (the
 algorithm's checkpoint: rerunning resumes from it), `policies/<step>/` (exported policies that
-`rayapp evaluate` and the player load) and `best.json` (the best greedy evaluation).
+`rayapp evaluate` and the player load) and `best.json` (the best greedy evaluation, on seeds
+disjoint from those `rayapp evaluate` plays: `rayapp.rl.selection`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 from rayapp.config import Config, config_to_dict
 from rayapp.envs.atari import action_controls, game_name, make_atari_env
 from rayapp.envs.episodes import play_episodes
+from rayapp.envs.seeds import episode_seeds
 from rayapp.errors import RayappError
 from rayapp.frames import FrameSpec
 from rayapp.metrics import MetricsLogger
@@ -35,13 +37,13 @@ from rayapp.models.checkpoint import (
     load_policy,
     resolve_checkpoint,
     save_policy,
-    write_best,
 )
 from rayapp.models.nets import ModelSpec, build_model
 from rayapp.progress import Progress
 from rayapp.replay.reader import ReplayDataset
 from rayapp.rl.dqn_config import build_algorithm, eval_tasks, uses_demos
 from rayapp.rl.offline import DemoStats, demo_episodes
+from rayapp.rl.selection import BestPolicy
 from rayapp.runs import save_resolved_config
 from rayapp.runtime import init_ray, require_resources
 from rayapp.storage import exists, read_bytes, resolve, write_bytes_atomic
@@ -118,14 +120,15 @@ def export_policy(
 
 
 def evaluate_greedy(
-    policy: str, frames: FrameSpec, cfg: Config, episodes: int, seeds_from: int = 17
-) -> list[float]:
-    """Greedy scores (raw, unclipped) of an exported policy, episodes played in Ray tasks."""
+    policy: str, frames: FrameSpec, cfg: Config, episodes: int, purpose: str = "selection"
+) -> list[dict[str, Any]]:
+    """Greedy episodes (seed, raw unclipped score, steps, ...) of an exported policy on the seeds
+    of `purpose` (`rayapp.envs.seeds`: fine-tuning selects on "selection"), played in Ray tasks."""
 
     import ray
 
     env_cfg = dict(dataclasses.asdict(cfg.env), max_episode_steps=cfg.eval.max_episode_steps)
-    seeds = [cfg.run.seed * 1000 + seeds_from + i for i in range(episodes)]
+    seeds = episode_seeds(cfg.run.seed, purpose, episodes)
     chunks = eval_tasks(cfg, episodes)
     remote = ray.remote(num_cpus=cfg.eval.cpus_per_worker)(play_episodes)
     refs = [
@@ -134,7 +137,7 @@ def evaluate_greedy(
         )
         for c in range(chunks)
     ]
-    return [e["score"] for part in ray.get(refs) for e in part]
+    return sorted((e for part in ray.get(refs) for e in part), key=lambda e: e["seed"])
 
 
 def _value(result: dict, *path: str, default: Any = None) -> Any:
@@ -232,17 +235,15 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
     curve_file = folder.join("curve.json")
     if resumed and exists(curve_file):
         result.curve = json.loads(read_bytes(curve_file))
-    best = {"mean": -np.inf, "policy": ""}
-    for point in result.curve:
-        if point["mean"] > best["mean"]:
-            best = {"mean": point["mean"], "policy": point["policy"]}
+    best = BestPolicy(cfg, result.curve)
 
     def evaluate_point(env_steps: int, phase: str) -> dict[str, Any]:
         path = export_policy(algo, folder.join("policies", f"{phase}-{env_steps:08d}").uri, spec, frames, game, cfg,
                              {"stage": "finetune", "phase": phase, "env_steps": env_steps, "updates": algo.updates})  # fmt: skip
-        scores = evaluate_greedy(path, frames, cfg, f.eval_episodes) if f.eval_episodes else []
+        played = evaluate_greedy(path, frames, cfg, f.eval_episodes) if f.eval_episodes else []
+        scores = [e["score"] for e in played]
         point = {"env_steps": env_steps, "phase": phase, "updates": algo.updates, "mean": float(np.mean(scores)) if scores else float("nan"),
-                 "std": float(np.std(scores)) if scores else float("nan"), "scores": scores, "policy": path}  # fmt: skip
+                 "std": float(np.std(scores)) if scores else float("nan"), "scores": scores, "seeds": [e["seed"] for e in played], "policy": path}  # fmt: skip
         result.curve.append(point)
 
         write_bytes_atomic(curve_file, (json.dumps(result.curve, indent=1) + "\n").encode())
@@ -250,14 +251,7 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
             env_steps,
             {"charts/eval_score": point["mean"], "charts/eval_score_std": point["std"], "phase": phase},
         )
-        if scores and point["mean"] > best["mean"]:
-            best.update(mean=point["mean"], policy=path)
-            write_best(
-                cfg.run.dir,
-                "finetune",
-                path,
-                {"eval_score": point["mean"], "env_steps": env_steps, "phase": phase},
-            )
+        best.consider(point)  # writes best.json when the point beats the best so far
         print(
             f"finetune [{phase}] env steps {env_steps:,}: greedy score {point['mean']:.1f} +- {point['std']:.1f} over {len(scores)} episodes",
             flush=True,
@@ -367,8 +361,8 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
             final = result.curve[-1]
         result.final_policy = final["policy"]
         if not f.eval_episodes:
-            write_best(cfg.run.dir, "finetune", final["policy"], {"env_steps": steps, "phase": "final"})
-        result.policy = best["policy"] or final["policy"]
+            best.unselected(final)
+        result.policy = best.policy or final["policy"]
 
         summary = {"policy": result.policy, "final_policy": result.final_policy, "env_steps": steps, "updates": algo.updates,
                    "demo": result.demo, "curve": [{k: p[k] for k in ("env_steps", "phase", "mean", "std")} for p in result.curve]}  # fmt: skip
