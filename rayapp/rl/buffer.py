@@ -93,7 +93,7 @@ class DemoMixEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
     def split(self, n: int, demos_only: bool = False) -> tuple[int, int]:
         """(demonstration rows, online rows) of a batch of n."""
         online_ready = self.online.transitions >= max(1, self.online_learning_starts)
-        if not self.demos.transitions:
+        if not self.demos.transitions or (self.demo_ratio <= 0 and not demos_only):
             return 0, n
         if demos_only or not online_ready:
             return n, 0

@@ -103,9 +103,9 @@ def dqn_config(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None
             grad_clip_by="global_norm",
             td_error_loss_fn="huber",
             target_network_update_freq=f.target_update_steps,
-            # with demonstrations, updates start at once (on demonstrations until the online part
-            # holds `learning_starts` steps: the buffer decides); without, DQN waits as usual
-            num_steps_sampled_before_learning_starts=0 if uses_demos(f) else f.learning_starts,
+            # with demonstrations mixed in, updates start at once (on demonstrations until the online
+            # part holds `learning_starts` steps: the buffer decides); without, DQN waits as usual
+            num_steps_sampled_before_learning_starts=0 if uses_demos(f) and f.demo_ratio > 0 else f.learning_starts,
             replay_buffer_config={
                 "type": "rayapp.rl.buffer.DemoMixEpisodeReplayBuffer",
                 "capacity": f.buffer_size,
