@@ -221,7 +221,11 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
     elif pol is not None:
         load_into(algo, pol.state_dict)
     if first_demo is not None:
-        add_demos(algo, first_demo, demos, cfg, demo_stats)
+        try:
+            add_demos(algo, first_demo, demos, cfg, demo_stats)
+        except BaseException:
+            algo.stop()  # its env runners and learner are actors: nothing may outlive a refusal
+            raise
     logger = MetricsLogger(folder.uri)
     result = FinetuneResult(
         "",
