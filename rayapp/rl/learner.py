@@ -67,7 +67,7 @@ class DQfDTorchLearner(DQNTorchLearner):
         self._skip_step = False
 
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
-        params = self.get_parameters(self._module[module_id])
+        params = self.get_parameters(self.module[module_id])
         self.register_optimizer(
             module_id=module_id,
             optimizer=torch.optim.Adam(params, foreach=True),
