@@ -190,3 +190,15 @@ def test_subnormal_stick_outputs_stay_inside_the_outer_limit():
     z = DeadZone(0.5, 0.625, "radial")
     assert math.hypot(*z.translate(5e-324, 5e-324)) == pytest.approx(0.5, abs=1e-9)
     assert math.hypot(*z.reading(*z.translate(5e-324, 5e-324))) <= 1e-300
+
+
+def test_the_readme_inputs_example_is_a_valid_config(tmp_path):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("### Input backends", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "inputs.yaml").write_text(block)
+    path = str(tmp_path / "inputs.yaml")
+    assert action_nvec(load_config(path).inputs) == (5,)
+    assert action_nvec(load_config(path, ["inputs.backend=gamepad"]).inputs) == (5, 3, 2)
+    assert action_nvec(load_config(path, ["inputs.backend=mouse"]).inputs) == (4, 16, 9)

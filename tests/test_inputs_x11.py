@@ -259,3 +259,31 @@ def test_mouse_moves_clicks_holds_and_releases(probe, display):
         ]
     assert [e[:4] for e in probe.events()] == [("up", 3, 150, 50)]
     assert held_buttons(display) == 0 and m.pressed() == ()
+
+
+def test_the_test_bed_captures_a_window_with_mss(probe, display):
+    """The Xvfb test bed serves capture too (the screen env's side): mss grabs the probe window's
+    white region and the black root beside it (needs the libxcb libraries .ci/run installs)."""
+    mss = pytest.importorskip("mss")
+    np = pytest.importorskip("numpy")
+    left, top, width, height = WIN
+    with mss.MSS(display=display) if hasattr(mss, "MSS") else mss.mss(display=display) as sct:
+        inside = np.asarray(sct.grab({"left": left, "top": top, "width": width, "height": height}))
+        outside = np.asarray(sct.grab({"left": left + width + 50, "top": top, "width": 20, "height": 20}))
+    assert inside.shape == (height, width, 4) and (inside[..., :3] == 255).all()
+    assert not (outside[..., :3] == 255).all()
+
+
+def test_every_key_name_is_on_the_servers_keyboard_and_a_missing_one_fails_at_start(display):
+    from rayapp.envs.inputs.keys import Key, KeyMapping
+
+    sink = XTestSink()
+    try:
+        assert all(sink.keycode(k) for k in KEYS.values())
+    finally:
+        sink.close()
+    m = KeyMapping({"NOOP": [], "HANGUL": ["a"]})
+    m._keys[1] = (Key("hangul", "Hangul", 0x72),)  # a keysym Xvfb's default keyboard map lacks
+    with pytest.raises(InputDeviceError, match="'hangul' \\(Hangul\\) is not on this X server's keyboard map"):
+        KeyboardBackend(m)  # at construction, before any step
+    assert held_keys(display) == []

@@ -29,6 +29,15 @@ class KeyboardBackend(InputBackend):
     def __init__(self, mapping: KeyMapping | dict, sink: Any = None, display: str | None = None):
         self.mapping = mapping if isinstance(mapping, KeyMapping) else KeyMapping(mapping)
         self.sink = sink if sink is not None else open_sink(display)
+        prepare = getattr(self.sink, "prepare", None)
+        if prepare is not None:
+            try:
+                for i in range(len(self.mapping)):
+                    for k in self.mapping.keys(i):
+                        prepare(k)
+            except BaseException:
+                self.sink.close()
+                raise
         self._held: dict[str, Key] = {}
         super().__init__()
 

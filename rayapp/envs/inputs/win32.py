@@ -60,6 +60,9 @@ class SendInputSink:
         )
         self._pending: list = []
 
+    def prepare(self, k: Key) -> None:
+        pass  # a scan code needs no lookup
+
     def key(self, k: Key, down: bool) -> None:
         ki = self._KI(wVk=0, wScan=k.scan, dwFlags=win32_key_flags(k, down), time=0, dwExtraInfo=0)
         inp = self._INPUT(type=1)  # INPUT_KEYBOARD

@@ -59,6 +59,10 @@ class XTestSink:
             self._codes[k.name] = code
         return code
 
+    def prepare(self, k: Key) -> None:
+        """Resolve `k` now, so a key missing from the server's map fails at start, not mid-game."""
+        self.keycode(k)
+
     def key(self, k: Key, down: bool) -> None:
         X = self._X
         self._xtest.fake_input(self.display, X.KeyPress if down else X.KeyRelease, self.keycode(k))
