@@ -68,6 +68,9 @@ def test_key_mapping_numbers_actions_in_order():
         m.keys(3)
     with pytest.raises(ConfigError, match="needs at least one action"):
         KeyMapping({})
+    # the inverse a recorder needs: the person's held keys -> the action (None: no such action)
+    assert m.action_for(set()) == 0 and m.action_for({"d", "space"}) == 2 and m.action_for(["A"]) == 1
+    assert m.action_for({"d"}) is None
 
 
 def test_mouse_grid_aims_at_cell_centres_and_inverts():
@@ -82,6 +85,8 @@ def test_mouse_grid_aims_at_cell_centres_and_inverts():
         MouseGrid(["warp"], 2, 2, (0, 0, 10, 10))
     with pytest.raises(ValueError, match="outside"):
         g.point(4, 0)
+    moved = g.with_region((0, 0, 40, 30))
+    assert moved.nvec == g.nvec and moved.point(0, 0) == (5, 5)
 
 
 def test_win32_absolute_coordinates_span_the_virtual_desktop():

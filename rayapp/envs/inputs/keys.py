@@ -133,3 +133,12 @@ class KeyMapping:
 
     def keys(self, action: int | str) -> tuple[Key, ...]:
         return self._keys[self.index(action)]
+
+    def action_for(self, held: set[str] | frozenset[str] | list[str]) -> int | None:
+        """The action whose keys are exactly `held` (key names or aliases), or None: how a recorder
+        turns a person's keys into the model's action space."""
+        want = {key(k).name for k in held}
+        for i, keys in enumerate(self._keys):
+            if {k.name for k in keys} == want:
+                return i
+        return None

@@ -57,6 +57,10 @@ class MouseGrid:
         self.cols, self.rows = int(cols), int(rows)
         self.region = (left, top, width, height)
 
+    def with_region(self, region: tuple[int, int, int, int]) -> MouseGrid:
+        """The same heads over another region (the game window moved or was resized)."""
+        return MouseGrid([c.name for c in self.commands], self.cols, self.rows, region)
+
     @property
     def nvec(self) -> tuple[int, int, int]:
         """Sizes of the three heads: (commands, cols, rows)."""
