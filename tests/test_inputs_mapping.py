@@ -3,6 +3,7 @@ SendInput encoding, dead-zone translation (property tests) and the `inputs` conf
 
 from __future__ import annotations
 
+import ctypes
 import math
 import subprocess
 import sys
@@ -41,6 +42,23 @@ def test_win32_flags_send_scan_codes_with_e0_and_keyup():
     assert win32_key_flags(KEYS["space"], False) == 0x0008 | 0x0002
     assert win32_key_flags(KEYS["right"], True) == 0x0008 | 0x0001
     assert win32_key_flags(KEYS["right"], False) == 0x0008 | 0x0001 | 0x0002
+
+
+@pytest.mark.skipif(ctypes.sizeof(ctypes.c_void_p) != 8, reason="the records are checked against the x64 layout")
+def test_sendinput_records_have_the_windows_x64_layout_and_content():
+    from rayapp.envs.inputs.win32 import INPUT, KEYBDINPUT, MOUSEINPUT, key_input, mouse_input
+
+    # sizes and offsets of the Win32 structures on x64 (winuser.h): SendInput refuses any other cbSize
+    assert (ctypes.sizeof(INPUT), ctypes.sizeof(KEYBDINPUT), ctypes.sizeof(MOUSEINPUT)) == (40, 24, 32)
+    assert INPUT.u.offset == 8 and KEYBDINPUT.dwFlags.offset == 4 and KEYBDINPUT.dwExtraInfo.offset == 16
+    assert MOUSEINPUT.mouseData.offset == 8 and MOUSEINPUT.dwFlags.offset == 12
+    rec = bytes(key_input(KEYS["right"], False))
+    assert rec[:4] == (1).to_bytes(4, "little")  # INPUT_KEYBOARD
+    assert rec[8:10] == b"\0\0" and rec[10:12] == (0x4D).to_bytes(2, "little")  # wVk 0, wScan
+    assert rec[12:16] == (0x0008 | 0x0001 | 0x0002).to_bytes(4, "little")  # scan code, E0, key up
+    rec = bytes(mouse_input(65535, 0, 0x0800, -120))  # a wheel notch towards the user
+    assert rec[:4] == b"\0\0\0\0" and rec[8:12] == (65535).to_bytes(4, "little")
+    assert rec[16:20] == (-120 & 0xFFFFFFFF).to_bytes(4, "little") and rec[20:24] == (0x0800).to_bytes(4, "little")
 
 
 def test_sendinput_is_refused_off_windows():
