@@ -267,6 +267,8 @@ def test_mouse_moves_clicks_holds_and_releases(probe, display):
             ("motion", 0, 150, 50),
             ("down", 3, 150, 50),
         ]
+        m.apply((3, 1, 0))  # the same click again is a new click: up, then down
+        assert [e[:4] for e in probe.events(2) if e[0] != "motion"] == [("up", 3, 150, 50), ("down", 3, 150, 50)]
     assert [e[:4] for e in probe.events(1)] == [("up", 3, 150, 50)]
     assert held_buttons(display) == 0 and m.pressed() == ()
 

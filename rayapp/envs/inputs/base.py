@@ -102,7 +102,9 @@ def release_every_backend() -> None:
 
 
 def _on_signal(signum, frame) -> None:
-    release_every_backend()
+    # only raise: releasing here could re-enter a device library the signal interrupted (python-xlib
+    # holds a non-reentrant lock while it sends); the SystemExit unwinds through apply()'s and the
+    # with-blocks' releases, and atexit releases whatever is left
     raise SystemExit(128 + signum)
 
 
