@@ -48,7 +48,10 @@ class UinputRecorder:
 
 @pytest.fixture
 def pads(monkeypatch):
-    """vgamepad with its uinput writer replaced; yields the list of pads created."""
+    """vgamepad with its uinput writer replaced; yields the list of pads created.
+
+    The two methods replaced are vgamepad 0.2's private device writers (vgamepad/lin/virtual_gamepad.py),
+    the only way to run it without /dev/uinput; monkeypatch.setattr fails loudly if they move."""
     made = []
 
     def main_device(self):
