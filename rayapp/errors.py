@@ -10,6 +10,7 @@ __all__ = [
     "ReplayFormatError",
     "CorruptShardError",
     "StageError",
+    "InputDeviceError",
     "find_error",
 ]
 
@@ -49,6 +50,10 @@ class CorruptShardError(ReplayFormatError):
 
 class StageError(RayappError):
     """A pipeline stage failed; the message names the stage and how to resume."""
+
+
+class InputDeviceError(RayappError):
+    """An input device (X display, XTEST, SendInput, a virtual gamepad) cannot be opened or used."""
 
 
 _RAY_WRAPPERS = ("RayTaskError", "RayActorError", "RayError", "RayTrainError")

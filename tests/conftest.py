@@ -151,3 +151,42 @@ def bc_run(ray_session, tmp_path_factory):
     record(cfg, show_progress=False)
     pretrain(cfg)
     return str(run)
+
+
+@pytest.fixture(scope="session")
+def xvfb_server():
+    """A private X server (Xvfb, 1280x720x24, no window manager) on a free display number for the
+    whole session: yields its DISPLAY string (":N"). Skips where Xvfb is not installed (.ci/run
+    installs it)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("Xvfb")
+    if exe is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb; .ci/run does)")
+    read_fd, write_fd = os.pipe()
+    # -displayfd: the server picks a free display number itself and writes it on this fd when ready
+    proc = subprocess.Popen(
+        [exe, "-displayfd", str(write_fd), "-screen", "0", "1280x720x24", "-nolisten", "tcp", "-noreset"],
+        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        number = f.readline().strip()
+    if not number:
+        proc.kill()
+        pytest.fail(f"Xvfb exited ({proc.wait()}) without reporting a display number")
+    yield f":{number}"
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def display(xvfb_server, monkeypatch):
+    """DISPLAY set to the session's Xvfb for this test."""
+    monkeypatch.setenv("DISPLAY", xvfb_server)
+    return xvfb_server

@@ -28,7 +28,7 @@ LAYERS: list[list[str]] = [
     ],  # fmt: skip
     ["rayapp.replay"],
     ["rayapp.models"],
-    ["rayapp.envs"],
+    ["rayapp.envs", "rayapp.envs.inputs"],  # inputs: keyboard/mouse/gamepad backends (hardware imported lazily)
     ["rayapp.data"],
     ["rayapp.record", "rayapp.train", "rayapp.rl", "rayapp.evaluate"],  # the stages: peers, never each other
     ["rayapp.report", "rayapp.tune", "rayapp.pipeline"],

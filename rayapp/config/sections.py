@@ -11,6 +11,7 @@ __all__ = [
     "RunConfig",
     "RayConfig",
     "EnvConfig",
+    "InputsConfig",
     "DataConfig",
     "RecordConfig",
     "ModelConfig",
@@ -72,6 +73,41 @@ class EnvConfig:
         27000, "steps before an episode is truncated (27,000 steps = 108,000 frames, the usual cap)"
     )
     full_action_space: bool = opt(False, "use all 18 Atari actions instead of the game's minimal set")
+
+
+@dataclass
+class InputsConfig:
+    """How an agent acts on a real game (rayapp.envs.inputs); the Atari path ignores it."""
+
+    backend: Literal["none", "keyboard", "mouse", "gamepad"] = opt(
+        "none", "the input backend of a screen env: keyboard (XTEST / SendInput), mouse, or gamepad (vgamepad)"
+    )
+    keys: dict = opt(
+        {},
+        "keyboard: action name -> keys held for the whole step, numbered in this order, e.g. "
+        "{NOOP: [], LEFT: [a], FIRE+RIGHT: [space, d]} (names: rayapp.envs.inputs.KEYS)",
+    )
+    mouse_commands: list[str] = opt(
+        ["none", "move", "left_click", "right_click"],
+        "mouse: the command head (none, move, left_click, right_click, middle_click, left_hold, right_hold, scroll_up, scroll_down)",
+    )
+    mouse_grid: list[int] = opt(
+        [16, 9], "mouse: [cols, rows] of the x and y heads over the capture region (cells are aimed at their centre)"
+    )
+    gamepad: Literal["x360", "ds4"] = opt("x360", "gamepad: the virtual pad, Xbox 360 or DualShock 4")
+    gamepad_actions: dict = opt(
+        {},
+        "gamepad, discrete: action name -> controls, e.g. {NOOP: {}, GAS: {right_trigger: 1}, LEFT: {left_stick: [-1, 0]}, JUMP: {buttons: [a]}}",
+    )
+    gamepad_heads: dict = opt(
+        {},
+        "gamepad, factorised: head -> its choices, e.g. {steer: [{left_x: -1}, {}, {left_x: 1}], fire: [{}, {buttons: [a]}]}",
+    )
+    dead_zones: dict = opt(
+        {},
+        "gamepad: the game's dead zone per axis (left_stick, right_stick, left_trigger, right_trigger: {inner, outer, "
+        "mode: radial|axial}); outputs are sent past it; unset: XInput's (sticks 0.24 / 0.27 radial, triggers 30/255)",
+    )
 
 
 @dataclass

@@ -10,6 +10,7 @@ from rayapp.config.sections import (
     EnvConfig,
     EvalConfig,
     FinetuneConfig,
+    InputsConfig,
     ModelConfig,
     PretrainConfig,
     RayConfig,
@@ -27,6 +28,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
+    inputs: InputsConfig = field(default_factory=InputsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -133,6 +135,13 @@ class Config:
             raise ConfigError(
                 f"eval.epsilon and eval.q_epsilon must be in [0, 1], got {e.epsilon} and {e.q_epsilon}"
             )
+        i = self.inputs
+        needs = {"keyboard": ("keys", i.keys), "gamepad": ("gamepad_actions or inputs.gamepad_heads",
+                 i.gamepad_actions or i.gamepad_heads)}  # fmt: skip
+        if i.backend in needs and not needs[i.backend][1]:
+            raise ConfigError(f"inputs.backend={i.backend} needs inputs.{needs[i.backend][0]} (the action mapping)")
+        if len(i.mouse_grid) != 2 or min(i.mouse_grid) < 1:
+            raise ConfigError(f"inputs.mouse_grid must be [cols, rows] >= 1, got {i.mouse_grid}")
         d = self.data
         if d.max_corrupt_shards < 0:
             raise ConfigError("data.max_corrupt_shards must be >= 0")
