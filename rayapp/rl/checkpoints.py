@@ -143,6 +143,7 @@ def buffer_state(algo) -> dict[str, Any]:
         state = demo.get_state()
         state["episodes"] = []
         out["demo"], out["demo_rng"] = state, _rng_state(demo)
+        out["demo_lengths"] = [len(e) for e in demo.episodes]  # the same demonstrations, in order?
     return out
 
 
@@ -151,7 +152,8 @@ def _set_rng(buffer, state: dict | None) -> None:
         buffer.rng.bit_generator.state = state
 
 
-def set_buffer_state(algo, state: dict[str, Any], say: Callable[[str], None]) -> None:
+def set_buffer_state(algo, state: dict[str, Any], say: Callable[[str], None]) -> bool:
+    """Restore the online buffer, and the demonstrations' priorities (True) where they match."""
     if state.get("format") != FORMAT:
         raise ValueError(f"{BUFFER_FILE} is not a {FORMAT} file")
     buf = algo.local_replay_buffer
@@ -161,15 +163,19 @@ def set_buffer_state(algo, state: dict[str, Any], say: Callable[[str], None]) ->
     demo = getattr(algo, "demo_buffer", None)
     if demo is not None and "demo" in state:
         saved = len(state["demo"]["_indices"])
-        if not demo.episodes or demo.get_num_timesteps() != saved:
+        if not demo.episodes or [len(e) for e in demo.episodes] != state.get("demo_lengths"):
             say(f"finetune: the demonstrations changed since the checkpoint ({demo.get_num_timesteps():,} steps now, "
                 f"{saved:,} then): their priorities start afresh")  # fmt: skip
-            return
+            return False
+        ids = dict(demo.episode_id_to_index)  # the episodes' ids are new in every run
         # RLlib 2.60's EpisodeReplayBuffer._set_episodes keeps the episodes a buffer already holds
         # (the demonstrations just re-read, in the same order) and set_state restores the rest:
         # indices, sum/min trees (priorities). tests/test_resume.py fails if that stops holding.
         demo.set_state(state["demo"])
+        demo.episode_id_to_index = ids
         _set_rng(demo, state.get("demo_rng"))
+        return True
+    return False
 
 
 # ---- saving -------------------------------------------------------------------------------------
@@ -218,12 +224,13 @@ def _restore(algo, loc: Location, say: Callable[[str], None]) -> Resumed:
     steps = env_steps(algo)
     if steps != int(meta["env_steps"]):
         raise ValueError(f"holds env step {steps}, its {MARKER} says {meta['env_steps']}")
-    set_buffer_state(algo, state, say)  # last: both files were read whole, nothing left to fail
+    # last: both files were read whole, nothing is left to fail
+    demo_restored = set_buffer_state(algo, state, say)
     algo.sync_env_runners()
     buf, demo = algo.local_replay_buffer, getattr(algo, "demo_buffer", None)
     return Resumed(loc.path if loc.is_local else loc.uri, steps, int(getattr(algo, "updates", 0)),
                    buf.get_num_timesteps() if buf is not None else None,
-                   demo.get_num_timesteps() if demo is not None and "demo" in state else None)  # fmt: skip
+                   demo.get_num_timesteps() if demo_restored else None)  # fmt: skip
 
 
 def restore_latest(algo, root: Location, say: Callable[[str], None] = print) -> Resumed | None:
