@@ -127,7 +127,7 @@ def test_sigkilled_finetune_resumes_from_its_newest_complete_checkpoint(tmp_path
         mid_write_kills += bool(leftover)
         resumed_at = _complete(rllib)[-1]
         assert len(_complete(rllib)) <= 2  # the newest two are kept
-        if i == 1:
+        if (run / "finetune" / "curve.json").exists():  # the curve as the killed runs left it
             curve_before = json.loads((run / "finetune" / "curve.json").read_text())
     assert mid_write_kills >= 1, "no kill landed during a checkpoint write"
 
@@ -143,6 +143,7 @@ def test_sigkilled_finetune_resumes_from_its_newest_complete_checkpoint(tmp_path
     curve = json.loads((run / "finetune" / "curve.json").read_text())
     steps = [p["env_steps"] for p in curve]
     assert steps == sorted(set(steps)) and curve[-1]["phase"] == "final", steps
+    assert curve_before, "no curve point before the last kill"
     kept = [p for p in curve_before if p["env_steps"] <= curve[-1]["env_steps"] and p["phase"] == "online"]
     assert kept and [(p["env_steps"], p["policy"]) for p in kept] == [
         (p["env_steps"], p["policy"]) for p in curve[: len(kept)]
