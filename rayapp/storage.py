@@ -331,7 +331,9 @@ def read_stream(loc: Location, read: Callable[[object], object]):
     """`read(f)` over a file opened for reading (streamed), retried like `read_bytes`."""
 
     def attempt():
-        with loc.fs.open_input_stream(loc.path) as f:
+        # buffered: an unbuffered S3 stream makes one ranged GET per small read (pickle.load: 12 s
+        # instead of 0.2 s for 28 MB from a loopback server)
+        with loc.fs.open_input_stream(loc.path, buffer_size=8 << 20) as f:
             return read(f)
 
     return retry_io(attempt, loc.uri)
