@@ -23,17 +23,24 @@ class MetricsLogger:
     """`log(step, metrics)` appends a CSV row (`<folder>/metrics.csv`) and TensorBoard scalars
     (`<folder>/tensorboard/`). On object storage the files are staged locally and uploaded after
     each call. A resumed run (local or object storage) continues the CSV it finds and adds an event
-    file of its own next to the earlier ones (a unique suffix: nothing is overwritten)."""
+    file of its own next to the earlier ones (a unique suffix: nothing is overwritten).
 
-    def __init__(self, folder: str):
+    `resume_step`: the step a resumed run continues from (its checkpoint's): the earlier run's rows
+    after it are dropped from the CSV and hidden in TensorBoard (`purge_step`), since they are
+    measured again."""
+
+    def __init__(self, folder: str, resume_step: int | None = None):
         self.loc = resolve(folder)
         self.local = self.loc.path if self.loc.is_local else tempfile.mkdtemp(prefix="rayapp-metrics-")
         os.makedirs(self.local, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         self._tb = None
+        self.resume_step = resume_step
         existing = self.loc.join("metrics.csv")
         if exists(existing):  # a resumed run appends to its history
             self.rows = list(csv.DictReader(io.StringIO(read_bytes(existing).decode())))
+            if resume_step is not None:
+                self.rows = [r for r in self.rows if not _step(r) > resume_step]
 
     def _writer(self):
         if self._tb is None:
@@ -43,6 +50,7 @@ class MetricsLogger:
                 os.path.join(self.local, "tensorboard"),
                 flush_secs=5,
                 filename_suffix=f".{uuid.uuid4().hex[:8]}",
+                purge_step=None if self.resume_step is None else self.resume_step + 1,
             )
         return self._tb
 
@@ -82,3 +90,10 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _step(row: dict[str, Any]) -> float:
+    try:
+        return float(row.get("step") or "nan")
+    except ValueError:
+        return float("nan")

@@ -23,20 +23,30 @@ def say(text: str, stream=None) -> None:
 
 class Progress:
     def __init__(
-        self, total: float | None, desc: str, unit: str = "it", log_every: float = 10.0, stream=None
+        self,
+        total: float | None,
+        desc: str,
+        unit: str = "it",
+        log_every: float = 10.0,
+        stream=None,
+        initial: float = 0,
     ):
         # stream: where the lines go (default stderr); Ray workers pass stdout, because the CLI
-        # sends their stderr (Ray's logs, tracebacks) to the log file only (rayapp.console)
+        # sends their stderr (Ray's logs, tracebacks) to the log file only (rayapp.console);
+        # initial: where a resumed run starts (the bar continues from there, not from 0)
         self.stream = stream
         self.tty = sys.stderr.isatty() and stream is None
         self.total, self.desc, self.unit = total, desc, unit
-        self.n = 0.0
+        self.n = float(initial)
+        self.initial = float(initial)
         self.postfix: dict[str, Any] = {}
         self.log_every = log_every
         self._last = 0.0
         self._t0 = time.monotonic()
         self.bar = (
-            tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=True) if self.tty else None
+            tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=True, initial=initial)
+            if self.tty
+            else None
         )
 
     def update(self, n: float = 1, **postfix: Any) -> None:
@@ -68,7 +78,7 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.n and self._last == 0.0:
+        elif self.n > self.initial and self._last == 0.0:
             self._print()
 
     def __enter__(self) -> Progress:

@@ -35,6 +35,11 @@ __all__ = [
     "join",
     "write_bytes_atomic",
     "read_bytes",
+    "exists",
+    "list_dir",
+    "delete",
+    "write_stream",
+    "read_stream",
     "s3_endpoint",
     "is_transient",
     "is_storage_failure",
@@ -270,3 +275,65 @@ def read_bytes(loc: Location) -> bytes:
 
 def exists(loc: Location) -> bool:
     return retry_io(lambda: loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound, loc.uri)
+
+
+def list_dir(loc: Location) -> list[tuple[str, bool]]:
+    """(name, is a folder) of what a folder holds; [] when it does not exist."""
+
+    def ls() -> list[tuple[str, bool]]:
+        if loc.fs.get_file_info(loc.path).type == pafs.FileType.NotFound:
+            return []
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False))
+        return sorted((i.base_name, i.type == pafs.FileType.Directory) for i in infos if i.base_name)
+
+    return retry_io(ls, loc.uri)
+
+
+def delete(loc: Location) -> None:
+    """Remove a file or a folder with everything in it; nothing there is fine."""
+
+    def rm() -> None:
+        kind = loc.fs.get_file_info(loc.path).type
+        if kind == pafs.FileType.Directory:
+            loc.fs.delete_dir(loc.path)
+        elif kind != pafs.FileType.NotFound:
+            loc.fs.delete_file(loc.path)
+
+    retry_io(rm, loc.uri)
+
+
+def write_stream(loc: Location, write: Callable[[object], None]) -> None:
+    """`write(f)` into a new file, streamed (for files too large to hold twice in memory); visible
+    whole or not at all like `write_bytes_atomic`. A retry calls `write` again from the start."""
+
+    def attempt() -> None:
+        if loc.is_local:
+            parent = os.path.dirname(loc.path)
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, f"_tmp-{uuid.uuid4().hex}-{os.path.basename(loc.path)}")
+            try:
+                with open(tmp, "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, loc.path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            with loc.fs.open_output_stream(loc.path) as f:
+                write(f)
+
+    retry_io(attempt, loc.uri)
+
+
+def read_stream(loc: Location, read: Callable[[object], object]):
+    """`read(f)` over a file opened for reading (streamed), retried like `read_bytes`."""
+
+    def attempt():
+        # buffered: an unbuffered S3 stream makes one ranged GET per small read (pickle.load: 12 s
+        # instead of 0.2 s for 28 MB from a loopback server)
+        with loc.fs.open_input_stream(loc.path, buffer_size=8 << 20) as f:
+            return read(f)
+
+    return retry_io(attempt, loc.uri)

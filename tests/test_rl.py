@@ -12,6 +12,7 @@ import torch
 from conftest import SMOKE
 
 from rayapp.errors import RayappError
+from rayapp.rl.checkpoints import latest_checkpoint
 from rayapp.rl.finetune import build_algorithm, finetune, init_policy, load_into, module_state, q_spec
 from rayapp.rl.offline import demo_episodes
 
@@ -187,7 +188,7 @@ def test_finetune_end_to_end_and_resume_from_the_same_step(bc_run, tmp_path):
     pol = init_policy(cfg)
     algo = build_algorithm(cfg, q_spec(cfg, pol.spec), pol.frames)  # the same Q-network finetune built
     try:
-        algo.restore_from_path(str(run / "finetune" / "rllib"))
+        algo.restore_from_path(latest_checkpoint(str(run)))
         from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
         restored = algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
@@ -226,7 +227,7 @@ def test_finetune_with_a_remote_learner_actor(bc_run, tmp_path):
         assert algo.learner_group.is_remote
         (learner_pid,) = algo.learner_group.foreach_learner(lambda learner: os.getpid())
         assert learner_pid != os.getpid()
-        algo.restore_from_path(str(run / "finetune" / "rllib"))
+        algo.restore_from_path(latest_checkpoint(str(run)))
         assert algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)) == 64
         assert algo.updates == 36
         # the exported policy holds the remote learner's weights

@@ -132,8 +132,13 @@ def test_pretrain_resume_evaluate_finetune_with_run_dir_on_s3(s3_data, s3_server
           "eval.max_episode_steps=60")  # fmt: skip
     assert cli("finetune", *ft) == 0
     keys = b.keys("runs/exp/finetune/")
-    assert any(k.startswith("runs/exp/finetune/rllib/") for k in keys)
-    assert "runs/exp/finetune/rllib/rllib_checkpoint.json" in keys
+    ckpts = sorted(
+        {k.split("/")[4] for k in keys if k.startswith("runs/exp/finetune/rllib/")} - {""}
+    )  # "": folder marker
+    assert ckpts == ["000000032", "000000064"], ckpts  # the offline phase's (step 0) pruned: two kept
+    for c in ckpts:
+        for f in ("rllib_checkpoint.json", "replay_buffer.pkl", "complete.json"):
+            assert f"runs/exp/finetune/rllib/{c}/{f}" in keys
     policies = sorted({k.split("/")[4] for k in keys if k.startswith("runs/exp/finetune/policies/")})
     assert {p.split("-")[0] for p in policies} == {"bc", "offline", "final"}
     for p in policies:

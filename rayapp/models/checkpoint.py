@@ -12,6 +12,9 @@ restricted loader (`weights_only=True`: tensors and plain values only).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +24,7 @@ from safetensors.torch import load, save
 from rayapp.errors import RayappError, StorageError
 from rayapp.frames import FrameSpec
 from rayapp.models.nets import ModelSpec, PolicyNetwork, build_model
-from rayapp.storage import exists, read_bytes, resolve, write_bytes_atomic
+from rayapp.storage import delete, exists, read_bytes, resolve, write_bytes_atomic
 
 __all__ = [
     "WEIGHTS_FILE",
@@ -98,6 +101,28 @@ def write_checkpoint(folder: str, header: dict[str, Any], state: dict[str, torch
     return loc.uri
 
 
+def replace_checkpoint(folder: str, header: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
+    """A policy folder of its own, visible whole or not at all: locally written into a temporary
+    sibling (`_tmp-...`, never a checkpoint) and renamed into place, replacing an earlier one as a
+    whole; on object storage (no rename) an earlier `policy.json` is deleted first and the new one
+    written last, so a reader sees no policy (not a mix) until the weights are in."""
+    loc = resolve(folder)
+    if not loc.is_local:
+        delete(loc.join(POLICY_FILE))
+        return write_checkpoint(folder, header, state)
+    parent, name = os.path.split(loc.path)
+    tmp = os.path.join(parent, f"_tmp-{uuid.uuid4().hex[:8]}-{name}")
+    write_checkpoint(tmp, header, state)
+    if os.path.exists(loc.path):
+        old = os.path.join(parent, f"_old-{uuid.uuid4().hex[:8]}-{name}")
+        os.rename(loc.path, old)
+        os.rename(tmp, loc.path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, loc.path)
+    return loc.uri
+
+
 def save_policy(
     folder: str,
     model: torch.nn.Module,
@@ -106,7 +131,10 @@ def save_policy(
     game: dict[str, Any],
     config: dict[str, Any],
     meta: dict[str, Any] | None = None,
+    replace: bool = False,
 ) -> str:
+    """`replace`: the folder holds this policy only and appears whole (`replace_checkpoint`);
+    otherwise the files are added to `folder` (e.g. a Ray Train checkpoint being assembled)."""
     header = {
         "spec": spec.to_json(),
         "frames": frames.to_json(),
@@ -114,7 +142,8 @@ def save_policy(
         "config": config,
         "meta": meta or {},
     }
-    return write_checkpoint(folder, header, unwrap(model).state_dict())
+    write = replace_checkpoint if replace else write_checkpoint
+    return write(folder, header, unwrap(model).state_dict())
 
 
 def _unreadable(uri: str, e: Exception) -> RayappError:

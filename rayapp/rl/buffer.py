@@ -179,9 +179,13 @@ class DemoMixEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
                 "sampled_steps": self.sampled_steps, "added_steps": self.added_steps,
                 "rng": self.rng.bit_generator.state}  # fmt: skip
 
-    def set_state(self, state: dict[str, Any]) -> None:
+    def set_state(self, state: dict[str, Any]) -> bool:
+        """Restore; True when the demonstrations' priorities were restored too (the demonstrations
+        added before are the ones saved with them), False when they keep fresh priorities."""
         self.online.set_state(state["online"])
-        if self.demos.written or state["demos"]["fingerprint"][0]:
-            self.demos.set_state(state["demos"])
         self.sampled_steps, self.added_steps = int(state["sampled_steps"]), int(state["added_steps"])
         self.rng.bit_generator.state = state["rng"]
+        if list(state["demos"]["fingerprint"]) != self.demos.fingerprint():
+            return False
+        self.demos.set_state(state["demos"])
+        return True

@@ -5,10 +5,11 @@ transitions, then online (DQfD recipe: TD + large-margin loss, demonstrations ke
     rayapp finetune --config configs/smoke.yaml --set finetune.online_steps=2000
 
 Writes to `<run.dir>/finetune/`: `metrics.csv` and `tensorboard/` (episode score, greedy eval
-score, TD loss, margin loss, Q-values, epsilon, env steps/s, learner updates/s), `rllib/` (the
-algorithm's checkpoint: rerunning resumes from it), `policies/<step>/` (exported policies that
-`rayapp evaluate` and the player load) and `best.json` (the best greedy evaluation, on seeds
-disjoint from those `rayapp evaluate` plays: `rayapp.rl.selection`).
+score, TD loss, margin loss, Q-values, epsilon, env steps/s, learner updates/s), `rllib/<step>/`
+(the algorithm's checkpoints with its replay buffer: rerunning resumes from the newest complete one,
+see rayapp.rl.checkpoints), `policies/<step>/` (exported policies that `rayapp evaluate` and the
+player load) and `best.json` (the best greedy evaluation, on seeds disjoint from those
+`rayapp evaluate` plays: `rayapp.rl.selection`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from rayapp.models.checkpoint import (
 from rayapp.models.nets import ModelSpec, build_model
 from rayapp.progress import Progress
 from rayapp.replay.reader import ReplayDataset
+from rayapp.rl import checkpoints as ckpt
 from rayapp.rl.dqn_config import build_algorithm, eval_tasks, uses_demos
 from rayapp.rl.offline import DemoStats, demo_episodes
 from rayapp.rl.selection import BestPolicy
@@ -115,7 +117,7 @@ def export_policy(
 
     net = build_model(spec)
     net.load_state_dict({k: torch.as_tensor(v) for k, v in module_state(algo).items()})
-    save_policy(folder, net, spec, frames, game, config_to_dict(cfg), meta)
+    save_policy(folder, net, spec, frames, game, config_to_dict(cfg), meta, replace=True)
     return resolve(folder).uri
 
 
@@ -212,21 +214,18 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
     init_ray(cfg.ray)
     require_resources(f.env_runner_resources, "finetune.env_runner_resources")
     algo = build_algorithm(cfg, spec, frames)
-    rllib_dir = folder.join("rllib")
-    resumed = False
-    if exists(rllib_dir.join("algorithm_state.pkl")) or exists(rllib_dir.join("rllib_checkpoint.json")):
-        algo.restore_from_path(rllib_dir.uri if not rllib_dir.is_local else rllib_dir.path)
-        algo.sync_env_runners()
-        resumed = True
-    elif pol is not None:
-        load_into(algo, pol.state_dict)
-    if first_demo is not None:
+    if first_demo is not None:  # before the restore, which brings back their priorities
         try:
             add_demos(algo, first_demo, demos, cfg, demo_stats)
         except BaseException:
             algo.stop()  # its env runners and learner are actors: nothing may outlive a refusal
             raise
-    logger = MetricsLogger(folder.uri)
+    rllib_dir = ckpt.checkpoint_root(cfg.run.dir)
+    resumed = ckpt.restore_latest(algo, rllib_dir)
+    if not resumed and pol is not None:
+        load_into(algo, pol.state_dict)
+    saved_at = resumed.env_steps if resumed else None
+    logger = MetricsLogger(folder.uri, resume_step=saved_at)
     result = FinetuneResult(
         "",
         "",
@@ -237,8 +236,7 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
         },
     )
     curve_file = folder.join("curve.json")
-    if resumed and exists(curve_file):
-        result.curve = json.loads(read_bytes(curve_file))
+    result.curve = ckpt.resumed_curve(curve_file, resumed)
     best = BestPolicy(cfg, result.curve)
 
     def evaluate_point(env_steps: int, phase: str) -> dict[str, Any]:
@@ -298,18 +296,15 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
             algo.sync_env_runners()
             if f.eval_episodes:
                 evaluate_point(0, "offline")
+            if f.online_steps and f.checkpoint_every_steps:  # a rerun does not repeat the offline phase
+                ckpt.save_checkpoint(algo, rllib_dir)
+                saved_at = ckpt.env_steps(algo)
         # ---- online phase --------------------------------------------------------------------------
-        from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
-
-        steps = int(algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0) or 0)
+        steps = ckpt.env_steps(algo)
         next_eval = (steps // f.eval_every_steps + 1) * f.eval_every_steps if f.eval_every_steps else None
-        next_ckpt = (
-            (steps // f.checkpoint_every_steps + 1) * f.checkpoint_every_steps
-            if f.checkpoint_every_steps
-            else None
-        )
+        next_ckpt = ckpt.next_due(steps, f.checkpoint_every_steps)
         bar = (
-            Progress(f.online_steps, "finetune online", unit="steps", log_every=15)
+            Progress(f.online_steps, "finetune online", unit="steps", log_every=15, initial=steps)
             if f.online_steps > steps
             else None
         )
@@ -350,15 +345,16 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
                 )
             steps = new_steps
             if next_ckpt is not None and steps >= next_ckpt:
-                algo.save_to_path(rllib_dir.path if rllib_dir.is_local else rllib_dir.uri)
+                ckpt.save_checkpoint(algo, rllib_dir)
+                saved_at = steps
                 next_ckpt += f.checkpoint_every_steps
             if next_eval is not None and steps >= next_eval and steps < f.online_steps:
                 evaluate_point(steps, "online")
                 next_eval += f.eval_every_steps
         if bar:
             bar.close()
-        if f.online_steps:
-            algo.save_to_path(rllib_dir.path if rllib_dir.is_local else rllib_dir.uri)
+        if f.online_steps and saved_at != steps:
+            ckpt.save_checkpoint(algo, rllib_dir)
         if f.online_steps or not result.curve:
             final = evaluate_point(steps, "final")
         else:  # offline only: the policy after the offline phase is the final one
