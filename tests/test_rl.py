@@ -132,26 +132,6 @@ def test_offline_phase_learns_from_demonstrations(bc_run):
         algo.stop()
 
 
-def test_batches_mix_demonstrations_and_online_steps_as_configured(bc_run):
-    cfg = cfg_for(
-        bc_run,
-        "finetune.demo_ratio=0.25",
-        "finetune.learning_starts=64",
-        "finetune.updates_per_env_step=0.25",
-    )
-    algo = algo_from_bc(cfg)
-    try:
-        seen = []
-        for _ in range(4):
-            out = algo.train()
-            frac = out.get("learners", {}).get("default_policy", {}).get("demo_fraction")
-            if frac is not None:
-                seen.append(float(frac))
-        assert seen and seen[-1] == pytest.approx(8 / 32)  # 25% of a 32-row batch
-    finally:
-        algo.stop()
-
-
 def test_finetune_end_to_end_and_resume_from_the_same_step(bc_run, tmp_path):
     import shutil
 
