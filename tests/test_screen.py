@@ -20,9 +20,11 @@ from rayapp.config import load_config
 from rayapp.envs.screen import ScreenCapture, ScreenEnv, WindowFinder
 from rayapp.errors import CaptureError, ConfigError
 from rayapp.frames import FrameSpec, FrameStacker, Preprocessor
+from rayapp.play.arcade import Arcade
 
 pytest.importorskip("Xlib")
 pytest.importorskip("mss")
+pytest.importorskip("pygame")  # the arcade window
 from Xlib import X  # noqa: E402
 from Xlib import display as xdisplay  # noqa: E402
 from Xlib.protocol import event as xevent  # noqa: E402
@@ -164,9 +166,6 @@ def test_screen_env_plays_the_arcade_through_the_keyboard(arcade, display):
 def test_the_observation_is_the_emulators_preprocessed_frame(display, capsys):
     """The arcade in this process: each emulator state is drawn, then ScreenEnv's observation of
     the window is compared with the Atari path's FrameStacker fed the emulator's frames."""
-    from rayapp.play.arcade import Arcade
-
-    pytest.importorskip("pygame")
     arcade = Arcade(load_config(None, ["env.game=Breakout", "run.seed=3"]))
     try:
         env = ScreenEnv(screen_cfg().env, screen_cfg().inputs, FrameSpec())

@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from rayapp.config import EnvConfig, InputsConfig
-from rayapp.envs.inputs import action_nvec, make_input_backend
+from rayapp.envs.inputs import action_nvec, make_input_backend, release_on_signals
 from rayapp.envs.screen.capture import ScreenCapture
 from rayapp.envs.screen.clock import FrameClock
 from rayapp.envs.screen.rewards import make_reward_source
@@ -53,25 +53,26 @@ class ScreenEnv(gym.Env):
         self.fps = step_rate(env)
         self.render_mode = "rgb_array"
         self.inputs = None
+        self.closed = False
         self.reward_source = make_reward_source(env)  # config errors first, before anything opens
         self.capture = ScreenCapture(env)  # no display, no such window: fails here, before any input exists
         try:
             region = self.capture.rect.as_tuple()
             nvec = action_nvec(inputs, region)
+            self.raw_shape = self.capture.frame_shape
+            self.stacker = FrameStacker(frames, self.raw_shape) if frames is not None else None
             self.inputs = make_input_backend(inputs, region=region, display=env.display or None,
                                              sink=sink, device_factory=device_factory)  # fmt: skip
         except BaseException:
-            self.capture.close()
+            self.close()
             raise
+        release_on_signals()  # SIGTERM/SIGHUP exit through the releases (main thread, default handlers only)
         self.clock = clock or FrameClock(self.fps)
         self.action_space = gym.spaces.Discrete(nvec[0]) if len(nvec) == 1 else gym.spaces.MultiDiscrete(nvec)
-        self.raw_shape = self.capture.frame_shape
-        self.stacker = FrameStacker(frames, self.raw_shape) if frames is not None else None
         shape = self.stacker.shape if self.stacker is not None else self.raw_shape
         self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
         self.last_frame: np.ndarray | None = None
         self.steps = 0
-        self.closed = False
 
     # ---- gymnasium -----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
