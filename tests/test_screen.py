@@ -300,3 +300,25 @@ def test_the_arcade_command_refuses_bad_input_in_one_line(display):
         lines = p.stderr.strip().splitlines()
         assert p.returncode == code and len(lines) == 1 and match in lines[0], p.stderr
     assert held_keys(display) == []
+
+
+def test_the_rllib_env_plays_the_screen_with_the_atari_paths_spaces(display):
+    """`rayapp-pixels` with env.backend=screen: the same observation and action spaces as the
+    emulator's, so the same module (and a BC checkpoint) plugs in."""
+    from rayapp.rl.env import ClipReward, env_config, make_pixel_env
+
+    cfg = screen_cfg("env.capture=region", "env.region=[0, 0, 480, 630]")
+    screen = make_pixel_env(env_config(cfg.env, FrameSpec(), True, cfg.inputs))
+    atari = make_pixel_env(env_config(load_config(None).env, FrameSpec(), True))
+    try:
+        assert isinstance(screen, ClipReward) and isinstance(screen.unwrapped, ScreenEnv)
+        assert screen.observation_space == atari.observation_space
+        assert screen.action_space == atari.action_space
+        obs, _ = screen.reset()
+        assert obs.shape == (4, 84, 84)
+        obs, reward, terminated, truncated, info = screen.step(1)
+        assert reward == 0.0 and not terminated and info["late_ms"] >= 0 and len(held_keys(display)) == 1
+    finally:
+        screen.close()
+        atari.close()
+    assert held_keys(display) == []
