@@ -116,6 +116,7 @@ def test_screen_config_keys_are_checked():
         (["env.reward=ocr"], "env.reward"),
         (["env.window=x"], "env.window"),  # unknown keys stay refused
         (["arcade.scale=0"], "arcade.scale"),
+        (["env.backend=screen", "env.capture=monitor"], "finetune.envs_per_env_runner"),
     ]:
         with pytest.raises(ConfigError, match=match):
             load_config(None, bad)

@@ -178,5 +178,10 @@ class Config:
                 raise ConfigError("env.capture=region needs env.region: [left, top, width, height]")
             if e.capture == "window" and not e.window_title.strip():
                 raise ConfigError("env.capture=window needs env.window_title (e.g. 'rayapp arcade: Breakout')")
+            if self.finetune.envs_per_env_runner != 1:
+                raise ConfigError(
+                    f"env.backend=screen: one screen is one env, but finetune.envs_per_env_runner is "
+                    f"{self.finetune.envs_per_env_runner}: set it to 1 (one env runner per game PC)"
+                )
         if a.scale < 1 or a.fps <= 0 or a.frames < 0 or not 0.0 <= a.sticky_actions <= 1.0:
             raise ConfigError("arcade.scale >= 1, arcade.fps > 0, arcade.frames >= 0, arcade.sticky_actions in [0, 1]")
