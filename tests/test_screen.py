@@ -322,3 +322,33 @@ def test_the_rllib_env_plays_the_screen_with_the_atari_paths_spaces(display):
         screen.close()
         atari.close()
     assert held_keys(display) == []
+
+
+def test_the_arcade_reads_held_keys_as_the_games_actions(display):
+    """XTEST keys into the arcade window (in this process): each combination of held keys is the
+    game's action with the most of them (SpaceInvaders: left + space is LEFTFIRE)."""
+    from rayapp.envs.inputs import KeyboardBackend
+
+    arcade = Arcade(load_config(None, ["env.game=SpaceInvaders"]))
+    finder = WindowFinder()
+    kb = KeyboardBackend({"NONE": [], "LEFT+FIRE": ["left", "space"], "LEFT": ["left"], "FIRE": ["space"]})
+    try:
+        meanings = arcade.env.unwrapped.get_action_meanings()
+        assert meanings == ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
+        finder.focus(finder.find("rayapp arcade: SpaceInvaders"))
+        seen = {}
+        for name in ("LEFT+FIRE", "LEFT", "FIRE", "NONE"):
+            kb.apply(name)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # SDL sees the keys once it has read the events
+                arcade.poll()
+                seen[name] = meanings[arcade.action()]
+                if seen[name] == {"LEFT+FIRE": "LEFTFIRE", "NONE": "NOOP"}.get(name, name):
+                    break
+                time.sleep(0.01)
+        assert seen == {"LEFT+FIRE": "LEFTFIRE", "LEFT": "LEFT", "FIRE": "FIRE", "NONE": "NOOP"}
+    finally:
+        kb.close()
+        finder.close()
+        arcade.close()
+    assert held_keys(display) == []
