@@ -6,6 +6,7 @@ Every command takes ``--config FILE.yaml`` and any number of ``--set section.key
     rayapp record   --config configs/quickstart.yaml --set data.uri=s3://replays/breakout
     rayapp inspect  runs/quickstart/replays --sample 24
     rayapp pipeline --config configs/quickstart.yaml
+    rayapp arcade   --game Breakout
     rayapp config keys
 """
 
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rayapp import __version__, console
-from rayapp.config import Config, describe_keys, dump_config, load_config
+from rayapp.config import Config, describe_keys, dump_config, load_config, set_key
 from rayapp.errors import RayappError
 from rayapp.logs import install as quiet_logs
 
@@ -110,6 +111,14 @@ def _pipeline(cfg: Config, args: argparse.Namespace) -> int:
     return run_pipeline(cfg, stages=args.stages, force=args.force)
 
 
+@command("arcade")
+def _arcade(cfg: Config, args: argparse.Namespace) -> int:
+    from rayapp.play.arcade import run_arcade
+
+    run_arcade(cfg)
+    return 0
+
+
 @command("config")
 def _config(cfg: Config, args: argparse.Namespace) -> int:
     if args.what == "keys":
@@ -177,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--stages", nargs="+", default=None, help="only these stages")
     pipe.add_argument("--force", action="store_true", help="rerun stages whose output exists")
 
+    arc = sub.add_parser(
+        "arcade", parents=[common], help="play an ALE game (env.game) in a window with the keyboard (inputs.keys)"
+    )
+    arc.add_argument("--game", help="the game (short for --set env.game=GAME), e.g. Breakout, Pong")
+
     cfgp = sub.add_parser("config", parents=[common], help="print the resolved config, or every key")
     cfgp.add_argument("what", nargs="?", choices=["show", "keys"], default="show")
     return p
@@ -191,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_logs()
     try:
         cfg = load_config(args.config, args.overrides)
+        if getattr(args, "game", None):
+            set_key(cfg, "env.game", args.game, "--game")
         if args.command in RAY_COMMANDS:
             console.start(args.command, cfg.run.dir, debug=args.debug)
         return COMMANDS[args.command](cfg, args)

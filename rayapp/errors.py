@@ -11,6 +11,7 @@ __all__ = [
     "CorruptShardError",
     "StageError",
     "InputDeviceError",
+    "CaptureError",
     "find_error",
 ]
 
@@ -54,6 +55,10 @@ class StageError(RayappError):
 
 class InputDeviceError(RayappError):
     """An input device (X display, XTEST, SendInput, a virtual gamepad) cannot be opened or used."""
+
+
+class CaptureError(RayappError):
+    """The screen, monitor, region or window to capture cannot be found or read."""
 
 
 _RAY_WRAPPERS = ("RayTaskError", "RayActorError", "RayError", "RayTrainError")

@@ -110,7 +110,8 @@ def test_every_location_key_is_marked_as_a_path():
     """Sweeps make path-valued keys absolute before trials change folder (`path_keys`). Every
     string key is either marked `path=True` or declared here as naming no location, so a new one
     cannot be forgotten: adding a string key fails this test until it is classified."""
-    not_locations = {"ray.address", "env.game", "sweep.metric"}  # a cluster address, a game id, a metric name
+    # a cluster address, a game id, a metric name, an X display, a window title
+    not_locations = {"ray.address", "env.game", "sweep.metric", "env.display", "env.window_title"}
     strings = {key for key, tp, _, _ in describe_keys() if tp == "str"}
     paths = path_keys()
     assert not_locations <= strings, not_locations - strings  # the declared set is current

@@ -28,11 +28,12 @@ LAYERS: list[list[str]] = [
     ],  # fmt: skip
     ["rayapp.replay"],
     ["rayapp.models"],
-    ["rayapp.envs", "rayapp.envs.inputs"],  # inputs: keyboard/mouse/gamepad backends (hardware imported lazily)
+    # inputs: keyboard/mouse/gamepad backends; screen: ScreenEnv, capture, windows (hardware imported lazily)
+    ["rayapp.envs", "rayapp.envs.inputs", "rayapp.envs.screen"],
     ["rayapp.data"],
     ["rayapp.record", "rayapp.train", "rayapp.rl", "rayapp.evaluate"],  # the stages: peers, never each other
     ["rayapp.report", "rayapp.tune", "rayapp.pipeline"],
-    ["rayapp.play", "rayapp.cli"],
+    ["rayapp.play", "rayapp.cli"],  # play: the live player and `rayapp arcade` (pygame imported lazily)
 ]
 STAGES = set(LAYERS[5])
 # modules that choose a stage at run time and import it then (so `rayapp --help` stays fast)

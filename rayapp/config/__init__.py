@@ -17,6 +17,7 @@ from rayapp.config.loader import (
     set_key,
 )
 from rayapp.config.sections import (
+    ArcadeConfig,
     DataConfig,
     EnvConfig,
     EvalConfig,
@@ -37,6 +38,7 @@ __all__ = [
     "RayConfig",
     "EnvConfig",
     "InputsConfig",
+    "ArcadeConfig",
     "DataConfig",
     "RecordConfig",
     "ModelConfig",

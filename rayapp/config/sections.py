@@ -1,10 +1,13 @@
 """The config sections: one dataclass per section, each field with its default and help text
-(`rayapp config keys` prints them)."""
+(`rayapp config keys` prints them). The game-side sections (env, inputs, arcade) are in `game`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
+
+from rayapp.config.fields import opt
+from rayapp.config.game import ArcadeConfig, EnvConfig, InputsConfig
 
 __all__ = [
     "opt",
@@ -12,6 +15,7 @@ __all__ = [
     "RayConfig",
     "EnvConfig",
     "InputsConfig",
+    "ArcadeConfig",
     "DataConfig",
     "RecordConfig",
     "ModelConfig",
@@ -20,20 +24,6 @@ __all__ = [
     "EvalConfig",
     "SweepConfig",
 ]
-
-
-def opt(default: Any, help: str, path: bool = False, not_paths: tuple[str, ...] = ()) -> Any:
-    """A config field with its help text (shown by `rayapp config keys`).
-
-    `path=True` marks a key whose value is a file location (a local path or a URI): stages that run
-    in other processes or folders (Tune trials) get it made absolute first (`path_keys`);
-    `not_paths` are the key's values that name no location (e.g. 'none')."""
-    meta: dict[str, Any] = {"help": help}
-    if path:
-        meta.update(path=True, not_paths=tuple(not_paths))
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -57,56 +47,6 @@ class RayConfig:
     dashboard: bool = opt(
         True,
         "start the Ray dashboard with a local Ray (http://127.0.0.1:8265); Ray Train's state checks use it",
-    )
-
-
-@dataclass
-class EnvConfig:
-    game: str = opt(
-        "Breakout", "ALE game name (Breakout, Pong, ...) or a full gymnasium id such as 'ALE/Pong-v5'"
-    )
-    frameskip: int = opt(4, "emulator frames per step (the action repeats); 4 is the ALE v5 default")
-    sticky_actions: float = opt(
-        0.25, "probability the emulator repeats the previous action (ALE v5 default 0.25)"
-    )
-    max_episode_steps: int = opt(
-        27000, "steps before an episode is truncated (27,000 steps = 108,000 frames, the usual cap)"
-    )
-    full_action_space: bool = opt(False, "use all 18 Atari actions instead of the game's minimal set")
-
-
-@dataclass
-class InputsConfig:
-    """How an agent acts on a real game (rayapp.envs.inputs); the Atari path ignores it."""
-
-    backend: Literal["none", "keyboard", "mouse", "gamepad"] = opt(
-        "none", "the input backend of a screen env: keyboard (XTEST / SendInput), mouse, or gamepad (vgamepad)"
-    )
-    keys: dict = opt(
-        {},
-        "keyboard: action name -> keys held for the whole step, numbered in this order, e.g. "
-        "{NOOP: [], LEFT: [a], FIRE+RIGHT: [space, d]} (names: rayapp.envs.inputs.KEYS)",
-    )
-    mouse_commands: list[str] = opt(
-        ["none", "move", "left_click", "right_click"],
-        "mouse: the command head (none, move, left_click, right_click, middle_click, left_hold, right_hold, scroll_up, scroll_down)",
-    )
-    mouse_grid: list[int] = opt(
-        [16, 9], "mouse: [cols, rows] of the x and y heads over the capture region (cells are aimed at their centre)"
-    )
-    gamepad: Literal["x360", "ds4"] = opt("x360", "gamepad: the virtual pad, Xbox 360 or DualShock 4")
-    gamepad_actions: dict = opt(
-        {},
-        "gamepad, discrete: action name -> controls, e.g. {NOOP: {}, GAS: {right_trigger: 1}, LEFT: {left_stick: [-1, 0]}, JUMP: {buttons: [a]}}",
-    )
-    gamepad_heads: dict = opt(
-        {},
-        "gamepad, factorised: head -> its choices, e.g. {steer: [{left_x: -1}, {}, {left_x: 1}], fire: [{}, {buttons: [a]}]}",
-    )
-    dead_zones: dict = opt(
-        {},
-        "gamepad: the game's dead zone per axis (left_stick, right_stick, left_trigger, right_trigger: {inner, outer, "
-        "mode: radial|axial}); outputs are sent past it; unset: XInput's (sticks 0.24 / 0.27 radial, triggers 30/255)",
     )
 
 

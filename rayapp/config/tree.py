@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from rayapp.config.sections import (
+    ArcadeConfig,
     DataConfig,
     EnvConfig,
     EvalConfig,
@@ -29,6 +30,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
+    arcade: ArcadeConfig = field(default_factory=ArcadeConfig)
     data: DataConfig = field(default_factory=DataConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -135,6 +137,7 @@ class Config:
             raise ConfigError(
                 f"eval.epsilon and eval.q_epsilon must be in [0, 1], got {e.epsilon} and {e.q_epsilon}"
             )
+        self._validate_screen()
         i = self.inputs
         needs = {"keyboard": ("keys", i.keys), "gamepad": ("gamepad_actions or inputs.gamepad_heads",
                  i.gamepad_actions or i.gamepad_heads)}  # fmt: skip
@@ -159,3 +162,26 @@ class Config:
             raise ConfigError("data.balance_power must be in [0, 1] and data.max_resample_rate >= 1")
         if d.rows_per_task < 1 or d.read_cpus < 0 or d.shuffle_buffer < 0 or d.object_store_mb < 0:
             raise ConfigError("data.rows_per_task >= 1, data.read_cpus >= 0 and data.shuffle_buffer >= 0")
+
+    def _validate_screen(self) -> None:
+        e, a = self.env, self.arcade
+        if e.fps < 0:
+            raise ConfigError(f"env.fps must be >= 0 (0: 60 / env.frameskip), got {e.fps}")
+        if len(e.frame_size) != 2 or min(e.frame_size) < 0 or (0 in e.frame_size and max(e.frame_size) > 0):
+            raise ConfigError(f"env.frame_size must be [height, width] > 0, or [0, 0], got {e.frame_size}")
+        if e.region and (len(e.region) != 4 or min(e.region[2:]) < 1):
+            raise ConfigError(f"env.region must be [left, top, width, height] with width, height >= 1, got {e.region}")
+        if e.monitor < 0:
+            raise ConfigError(f"env.monitor must be >= 0 (0: all monitors), got {e.monitor}")
+        if e.backend == "screen":
+            if e.capture == "region" and not e.region:
+                raise ConfigError("env.capture=region needs env.region: [left, top, width, height]")
+            if e.capture == "window" and not e.window_title.strip():
+                raise ConfigError("env.capture=window needs env.window_title (e.g. 'rayapp arcade: Breakout')")
+            if self.finetune.envs_per_env_runner != 1:
+                raise ConfigError(
+                    f"env.backend=screen: one screen is one env, but finetune.envs_per_env_runner is "
+                    f"{self.finetune.envs_per_env_runner}: set it to 1 (one env runner per game PC)"
+                )
+        if a.scale < 1 or a.fps <= 0 or a.frames < 0 or not 0.0 <= a.sticky_actions <= 1.0:
+            raise ConfigError("arcade.scale >= 1, arcade.fps > 0, arcade.frames >= 0, arcade.sticky_actions in [0, 1]")

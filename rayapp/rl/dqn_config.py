@@ -55,7 +55,7 @@ def dqn_config(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None
         DQNConfig(algo_class=DQfD)
         .environment(
             ENV_NAME,
-            env_config=env_config(cfg.env, frames, f.clip_rewards),
+            env_config=env_config(cfg.env, frames, f.clip_rewards, cfg.inputs),
             # discrete actions: nothing to unsquash or clip, and the connector that would deep-copies
             # every action batch first (2.6% of an env runner's time)
             normalize_actions=False,

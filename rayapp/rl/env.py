@@ -1,8 +1,10 @@
 """The env RLlib's env runners create: the game, with exactly the frames the networks see.
 
 Registered as `rayapp-pixels`. `env_config` carries everything a remote env runner needs to build
-it alone: the `env` config section, the frame spec, reward clipping. Game PCs extend this with
-their own keys (host, port, monitor) for the screen backends; only the ALE backend exists so far.
+it alone: the `env` and `inputs` config sections, the frame spec, reward clipping. `env.backend`
+chooses the game: the ALE emulator (`atari`, frames through `PixelStack`) or the screen (`screen`:
+`ScreenEnv`, which captures the display of the node it runs on, `env.display` or its $DISPLAY, and
+preprocesses with the same frame spec).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from rayapp.config import EnvConfig
+from rayapp.config import EnvConfig, InputsConfig
 from rayapp.envs.atari import make_atari_env
+from rayapp.envs.screen import ScreenEnv
 from rayapp.envs.wrappers import PixelStack
 from rayapp.errors import ConfigError
 from rayapp.frames import FrameSpec
@@ -47,24 +50,32 @@ class ClipReward(gym.RewardWrapper):
         return float(np.sign(reward))
 
 
+BACKENDS = ("atari", "screen")
+
+
 def env_config(
-    env: EnvConfig, frames: FrameSpec, clip_rewards: bool, backend: str = "atari"
+    env: EnvConfig, frames: FrameSpec, clip_rewards: bool, inputs: InputsConfig | None = None
 ) -> dict[str, Any]:
     return {
-        "backend": backend,
+        "backend": env.backend,
         "env": dataclasses.asdict(env),
+        "inputs": dataclasses.asdict(inputs or InputsConfig()),
         "frames": frames.to_json(),
         "clip_rewards": clip_rewards,
     }
 
 
 def make_pixel_env(config: dict[str, Any]) -> gym.Env:
-    backend = config.get("backend", "atari")
-    if backend != "atari":
-        raise ConfigError(f"env backend {backend!r} is not available in this version (atari)")
-    env = ScoreInfo(
-        PixelStack(make_atari_env(EnvConfig(**config["env"])), FrameSpec.from_json(config["frames"]))
-    )
+    env_cfg = EnvConfig(**config["env"])
+    backend = config.get("backend", env_cfg.backend)
+    frames = FrameSpec.from_json(config["frames"])
+    if backend == "atari":
+        env: gym.Env = PixelStack(make_atari_env(env_cfg), frames)
+    elif backend == "screen":
+        env = ScreenEnv(env_cfg, InputsConfig(**config.get("inputs", {})), frames)
+    else:
+        raise ConfigError(f"env.backend={backend!r}: expected one of {', '.join(BACKENDS)}")
+    env = ScoreInfo(env)
     return ClipReward(env) if config.get("clip_rewards") else env
 
 

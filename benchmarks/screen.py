@@ -1,0 +1,157 @@
+"""The screen path's speed, on a private Xvfb with `rayapp arcade` playing Breakout in its window.
+
+1. Capture -> preprocess rate: ScreenEnv's capture of the arcade window (mss grab, area resize
+   to env.frame_size 210x160, BGRA -> RGB) and the Atari path's FrameStacker (gray, 84x84, stack
+   of 4), against a bare mss grab of the same region (`np.asarray(sct.grab(region))`), alternated
+   in rounds in the same run. Goal: ratio >= 0.8.
+2. Fixed-rate stepping: ScreenEnv stepping the arcade window at 30 and 60 fps (NOOP, the keyboard
+   backend through XTEST), late_ms p50 / p99 / max and dropped frames. Goals: p99 <= 2 ms at 60
+   fps, no dropped frame at 30 fps.
+
+    python benchmarks/screen.py           # 5 rounds of 2,000 grabs; 1,000 steps at each rate
+    python benchmarks/screen.py --quick   # under a minute: 3 rounds of 500 grabs; 1,000 steps at 60, 500 at 30
+
+Uses $DISPLAY when --display is given, else starts its own Xvfb. The last line printed is one JSON
+object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+from rayapp.config import load_config  # noqa: E402
+from rayapp.envs.screen import ScreenEnv, WindowFinder  # noqa: E402
+from rayapp.envs.screen.capture import open_mss  # noqa: E402
+from rayapp.errors import CaptureError  # noqa: E402
+from rayapp.frames import FrameSpec, FrameStacker  # noqa: E402
+
+CONFIG = os.path.join(ROOT, "configs", "arcade-screen.yaml")
+TITLE = "rayapp arcade: Breakout"
+
+
+def start_xvfb() -> tuple[subprocess.Popen, str]:
+    exe = shutil.which("Xvfb")
+    if exe is None:
+        sys.exit("benchmarks/screen.py: Xvfb is not installed (apt-get install xvfb), or pass --display")
+    r, w = os.pipe()
+    proc = subprocess.Popen([exe, "-displayfd", str(w), "-screen", "0", "1280x720x24", "-nolisten", "tcp"],
+                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    os.close(w)
+    with os.fdopen(r) as f:
+        return proc, ":" + f.readline().strip()
+
+
+def start_arcade(display: str) -> subprocess.Popen:
+    env = dict(os.environ, DISPLAY=display, PYTHONPATH=ROOT, SDL_AUDIODRIVER="dummy")
+    proc = subprocess.Popen([sys.executable, "-m", "rayapp.cli", "arcade", "--game", "Breakout"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    finder = WindowFinder(display)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            finder.find(TITLE)
+            break
+        except CaptureError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                sys.exit("benchmarks/screen.py: the arcade window did not appear")
+            time.sleep(0.1)
+    finder.close()
+    return proc
+
+
+def capture_rates(cfg, grabs: int, rounds: int) -> dict:
+    env = ScreenEnv(cfg.env, cfg.inputs, FrameSpec())
+    stacker = FrameStacker(FrameSpec(), env.raw_shape)
+    stacker.reset(env.capture.grab())
+    v = env.capture.visible
+    region = {"left": v.left, "top": v.top, "width": v.width, "height": v.height}
+    sct = open_mss(cfg.env.display)
+
+    def ours() -> float:
+        t0 = time.perf_counter()
+        for _ in range(grabs):
+            stacker.push(env.capture.grab())
+        return grabs / (time.perf_counter() - t0)
+
+    def bare() -> float:
+        t0 = time.perf_counter()
+        for _ in range(grabs):
+            np.asarray(sct.grab(region))
+        return grabs / (time.perf_counter() - t0)
+
+    ours(), bare()  # warm-up
+    pairs = [(ours(), bare()) for _ in range(rounds)]
+    env.close()
+    sct.close()
+    cap, raw = float(np.median([p[0] for p in pairs])), float(np.median([p[1] for p in pairs]))
+    return {"capture_fps": round(cap, 1), "bare_fps": round(raw, 1), "ratio": round(cap / raw, 3),
+            "ratio_rounds": [round(a / b, 3) for a, b in pairs], "region": [v.width, v.height]}  # fmt: skip
+
+
+def fixed_rate(cfg, fps: float, steps: int) -> dict:
+    env = ScreenEnv(load_config(CONFIG, [f"env.fps={fps}", f"env.display={cfg.env.display}"]).env, cfg.inputs,
+                    FrameSpec())  # fmt: skip
+    env.reset()
+    late = np.empty(steps)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        _, _, _, _, info = env.step(0)
+        late[i] = info["late_ms"]
+    wall = time.perf_counter() - t0
+    env.close()
+    return {"fps": fps, "steps": steps, "p50_late_ms": round(float(np.percentile(late, 50)), 3),
+            "p99_late_ms": round(float(np.percentile(late, 99)), 3), "max_late_ms": round(float(late.max()), 3),
+            "dropped_frames": int(info["dropped_frames"]), "achieved_fps": round(steps / wall, 2)}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--display", help="an X display to use (default: start a private Xvfb)")
+    args = ap.parse_args()
+    grabs, rounds, steps30, steps60 = (500, 3, 500, 1000) if args.quick else (2000, 5, 1000, 1000)
+    xvfb, display = (None, args.display) if args.display else start_xvfb()
+    arcade = start_arcade(display)
+    try:
+        cfg = load_config(CONFIG, [f"env.display={display}"])
+        cap = capture_rates(cfg, grabs, rounds)
+        print(f"capture -> preprocess {cap['capture_fps']:.0f} fps, bare mss grab {cap['bare_fps']:.0f} fps "
+              f"(ratio {cap['ratio']}; rounds {cap['ratio_rounds']})", flush=True)  # fmt: skip
+        rates = {}
+        for fps, steps in ((60, steps60), (30, steps30)):
+            r = rates[f"fps{fps}"] = fixed_rate(cfg, fps, steps)
+            print(f"{fps} fps x {steps} steps: late p50 {r['p50_late_ms']} ms, p99 {r['p99_late_ms']} ms, "
+                  f"max {r['max_late_ms']} ms, dropped {r['dropped_frames']}", flush=True)  # fmt: skip
+    finally:
+        arcade.terminate()
+        arcade.wait(timeout=30)
+        if xvfb is not None:
+            xvfb.terminate()
+            xvfb.wait(timeout=30)
+    result = {
+        "benchmark": "screen",
+        **{k: cap[k] for k in ("capture_fps", "bare_fps", "ratio")},
+        **{f"{k}_{key}": v for k, r in rates.items() for key, v in r.items() if key != "fps"},
+        "goals": {"ratio>=0.8": cap["ratio"] >= 0.8, "p99_late_ms@60<=2": rates["fps60"]["p99_late_ms"] <= 2,
+                  "dropped@30==0": rates["fps30"]["dropped_frames"] == 0},  # fmt: skip
+        "quick": args.quick,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}",
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The game-side config sections: the game (`env`), how an agent acts on it (`inputs`) and the
+`rayapp arcade` window (`arcade`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rayapp.config.fields import opt
+
+__all__ = ["EnvConfig", "InputsConfig", "ArcadeConfig"]
+
+
+@dataclass
+class EnvConfig:
+    """The game an agent plays: the ALE emulator (`backend: atari`, the default) or a real game on
+    the screen (`backend: screen`: rayapp.envs.screen.ScreenEnv, acting through `inputs.*`)."""
+
+    backend: Literal["atari", "screen"] = opt(
+        "atari",
+        "where frames come from: the ALE emulator, or the screen (capture with mss, act through inputs.*, reward from env.reward)",
+    )
+    game: str = opt(
+        "Breakout",
+        "ALE game name (Breakout, Pong, ...) or a full gymnasium id such as 'ALE/Pong-v5'; screen: the game's name in datasets",
+    )
+    frameskip: int = opt(4, "emulator frames per step (the action repeats); 4 is the ALE v5 default")
+    sticky_actions: float = opt(
+        0.25, "probability the emulator repeats the previous action (ALE v5 default 0.25)"
+    )
+    max_episode_steps: int = opt(
+        27000, "steps before an episode is truncated (27,000 steps = 108,000 frames, the usual cap)"
+    )
+    full_action_space: bool = opt(False, "use all 18 Atari actions instead of the game's minimal set")
+    # ---- the screen backend (ScreenEnv); the emulator ignores these ------------------------------
+    fps: float = opt(
+        0.0,
+        "screen: steps per second, each step exactly one frame period; 0: 60 / env.frameskip, the step rate "
+        "of the Atari path's recordings (15 at frameskip 4)",
+    )
+    capture: Literal["monitor", "region", "window"] = opt(
+        "monitor", "screen: what is captured: a whole monitor (env.monitor), a region (env.region) or a window (env.window_title)"
+    )
+    monitor: int = opt(1, "capture=monitor: mss monitor number (1: the first; 0: all monitors as one)")
+    region: list[int] = opt(
+        [], "capture=region: [left, top, width, height] in screen pixels (the part off the screen reads black)"
+    )
+    window_title: str = opt(
+        "",
+        "capture=window: the window's title, whole or a part that only it has (X11: WM_NAME / _NET_WM_NAME), "
+        "e.g. 'rayapp arcade: Breakout'",
+    )
+    frame_size: list[int] = opt(
+        [0, 0],
+        "screen: [height, width] the capture is area-resized to before data.* preprocessing, so data.crop is in "
+        "the same pixels as the recordings ([210, 160] for the arcade window); [0, 0] keeps the captured size",
+    )
+    display: str = opt("", "screen: the X display to capture and act on (empty: $DISPLAY)")
+    focus: bool = opt(
+        True, "capture=window: give the window the keyboard focus at every reset (X11 SetInputFocus)"
+    )
+    reward: Literal["none", "screen_score", "game_api"] = opt(
+        "none",
+        "screen: where rewards and episode ends come from; this version has none (reward 0, episodes end at "
+        "env.max_episode_steps); screen_score and game_api are planned",
+    )
+
+
+@dataclass
+class InputsConfig:
+    """How an agent acts on a real game (rayapp.envs.inputs); the Atari path ignores it."""
+
+    backend: Literal["none", "keyboard", "mouse", "gamepad"] = opt(
+        "none", "the input backend of a screen env: keyboard (XTEST / SendInput), mouse, or gamepad (vgamepad)"
+    )
+    keys: dict = opt(
+        {},
+        "keyboard: action name -> keys held for the whole step, numbered in this order, e.g. "
+        "{NOOP: [], LEFT: [a], FIRE+RIGHT: [space, d]} (names: rayapp.envs.inputs.KEYS); `rayapp arcade` reads "
+        "the same mapping (action names: the game's, e.g. FIRE, LEFTFIRE; empty: arrows for directions, space for FIRE)",
+    )
+    mouse_commands: list[str] = opt(
+        ["none", "move", "left_click", "right_click"],
+        "mouse: the command head (none, move, left_click, right_click, middle_click, left_hold, right_hold, scroll_up, scroll_down)",
+    )
+    mouse_grid: list[int] = opt(
+        [16, 9], "mouse: [cols, rows] of the x and y heads over the capture region (cells are aimed at their centre)"
+    )
+    gamepad: Literal["x360", "ds4"] = opt("x360", "gamepad: the virtual pad, Xbox 360 or DualShock 4")
+    gamepad_actions: dict = opt(
+        {},
+        "gamepad, discrete: action name -> controls, e.g. {NOOP: {}, GAS: {right_trigger: 1}, LEFT: {left_stick: [-1, 0]}, JUMP: {buttons: [a]}}",
+    )
+    gamepad_heads: dict = opt(
+        {},
+        "gamepad, factorised: head -> its choices, e.g. {steer: [{left_x: -1}, {}, {left_x: 1}], fire: [{}, {buttons: [a]}]}",
+    )
+    dead_zones: dict = opt(
+        {},
+        "gamepad: the game's dead zone per axis (left_stick, right_stick, left_trigger, right_trigger: {inner, outer, "
+        "mode: radial|axial}); outputs are sent past it; unset: XInput's (sticks 0.24 / 0.27 radial, triggers 30/255)",
+    )
+
+
+@dataclass
+class ArcadeConfig:
+    """`rayapp arcade`: an ALE game (env.game) in a window, played with the keyboard (inputs.keys)."""
+
+    scale: int = opt(3, "window pixels per emulator pixel (3: a 480x630 window for Atari's 160x210 frames)")
+    fps: float = opt(60.0, "emulator frames per second: the Atari's own rate (NTSC, 60); the game runs at frameskip 1")
+    sticky_actions: float = opt(
+        0.0, "probability the emulator repeats the previous frame's action (0: a person's keys act at once)"
+    )
+    frames: int = opt(0, "stop after this many frames (0: until the window is closed, Escape, Ctrl+C or SIGTERM)")

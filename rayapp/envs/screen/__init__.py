@@ -1,0 +1,26 @@
+"""The screen path: a real game on the screen as a gymnasium env (`ScreenEnv`), with capture
+(mss: a monitor, a region, or a window found by title), fixed-rate stepping, the Atari path's
+preprocessing, an input backend (rayapp.envs.inputs) and a reward source. mss and python-xlib are
+imported only when a capture opens."""
+
+from rayapp.envs.screen.capture import ScreenCapture
+from rayapp.envs.screen.clock import FrameClock, Tick
+from rayapp.envs.screen.env import ScreenEnv, step_rate
+from rayapp.envs.screen.rewards import NoReward, RewardReading, RewardSource, make_reward_source
+from rayapp.envs.screen.windows import Rect, WindowFinder, XWindow, choose_window
+
+__all__ = [
+    "FrameClock",
+    "NoReward",
+    "Rect",
+    "RewardReading",
+    "RewardSource",
+    "ScreenCapture",
+    "ScreenEnv",
+    "Tick",
+    "WindowFinder",
+    "XWindow",
+    "choose_window",
+    "make_reward_source",
+    "step_rate",
+]
