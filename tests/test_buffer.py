@@ -191,3 +191,22 @@ def test_sum_tree_draws_in_proportion():
     draws = t.sample(4000, np.random.default_rng(0))
     assert set(np.unique(draws)) == {1, 3}
     assert abs((draws == 3).mean() - 0.75) < 0.03
+
+
+def test_rare_demonstrated_actions_get_their_priorities_raised():
+    buf = buffer(demo_ratio=1.0, alpha=1.0, demo_action_balance=1.0, demo_priority_eps=1.0)
+    actions = np.array([0] * 27 + [1] * 3)  # action 1 is 10% of the demonstrations
+    buf.add_demo(np.stack([frames_of(9, t) for t in range(31)]), actions, np.zeros(30), True)
+    rows = buf.sample(num_items=200, n_step=1, demos_only=True)
+    buf.update_priorities(np.zeros(200))
+    pr = buf.demos.tree.get(np.arange(30))
+    drawn = pr != 1.0
+    rare, common = pr[:30][drawn & (actions == 1)], pr[:30][drawn & (actions == 0)]
+    assert len(rows) == 200 and len(rare) and len(common)
+    # weights (freq)^-1 normalised to mean 1: 1/(0.9 * 2) and 1/(0.1 * 2)
+    assert np.allclose(common, 1 / 1.8) and np.allclose(rare, 1 / 0.2)
+    off = buffer(demo_ratio=1.0, alpha=1.0, demo_action_balance=0.0)
+    off.add_demo(np.stack([frames_of(9, t) for t in range(31)]), actions, np.zeros(30), True)
+    off.sample(num_items=200, n_step=1, demos_only=True)
+    off.update_priorities(np.zeros(200))
+    assert np.allclose(off.demos.tree.get(np.arange(30)), 1.0)

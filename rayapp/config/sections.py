@@ -245,6 +245,11 @@ class FinetuneConfig:
     demo_priority_eps: float = opt(
         1.0, "added to demonstrations' |TD error| for their priority (DQfD's epsilon_d: demonstrations keep being replayed)"
     )
+    demo_action_balance: float = opt(
+        1.0,
+        "demonstration priorities times (action frequency)^-this (0: off): the teacher's rare actions (FIRE) are "
+        "replayed often enough to keep; without it the offline phase loses FIRE (A/B: benchmarks/RESULTS.md)",
+    )
     demo_capacity: int = opt(
         1_000_000,
         "demonstration steps the replay buffer holds (7 KB each at 84x84 gray); demonstrations are never evicted: more is an error",

@@ -43,6 +43,7 @@ class DemoMixEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         demo_ratio: float = 0.5,
         priority_eps: float = 1e-3,
         demo_priority_eps: float = 1.0,
+        demo_action_balance: float = 0.0,
         online_learning_starts: int = 0,
         frame_channels: int = 1,
         frame_stack: int = 4,
@@ -55,6 +56,9 @@ class DemoMixEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self.online = FrameStore(capacity, evict=True, alpha=alpha, eps=priority_eps, name="online replay")
         self.demos = FrameStore(demo_capacity, evict=False, alpha=alpha, eps=demo_priority_eps, name="demonstration")
         self.demo_ratio = float(demo_ratio)
+        self.demo_action_balance = float(demo_action_balance)
+        self._demo_counts = np.zeros(0, np.int64)
+        self._demo_weight: np.ndarray | None = None
         self.online_learning_starts = int(online_learning_starts)
         self.c, self.k = int(frame_channels), int(frame_stack)
         self.rng = np.random.default_rng([seed, 7])
@@ -87,7 +91,22 @@ class DemoMixEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
     def add_demo(self, frames: np.ndarray, actions, rewards, terminated: bool) -> int:
         """One whole demonstration: `frames` (T+1, c, h, w) single preprocessed frames."""
         key = ("demo", self.demos.written)
-        return self.demos.extend(key, frames, actions, rewards, terminated=terminated, done=True)
+        n = self.demos.extend(key, frames, actions, rewards, terminated=terminated, done=True)
+        counts = np.bincount(np.asarray(actions, np.int64), minlength=len(self._demo_counts))
+        self._demo_counts = np.pad(self._demo_counts, (0, len(counts) - len(self._demo_counts))) + counts
+        self._demo_weight = self.action_weights(self._demo_counts, self.demo_action_balance)
+        return n
+
+    @staticmethod
+    def action_weights(counts: np.ndarray, power: float) -> np.ndarray | None:
+        """Demonstration priorities times (action frequency)^-power, normalised to mean 1 over the
+        demonstrations: the teacher's rare actions (FIRE, 0.3% of Breakout's steps) are replayed
+        often enough that TD updates on the common ones do not erase them (benchmarks/RESULTS.md)."""
+        if power <= 0 or counts.sum() == 0:
+            return None
+        freq = counts / counts.sum()
+        raw = np.where(counts > 0, np.maximum(freq, 1e-12) ** -power, 0.0)
+        return raw / float((raw * freq).sum())
 
     # ---- sampling --------------------------------------------------------------------------------
     def split(self, n: int, demos_only: bool = False) -> tuple[int, int]:
@@ -142,7 +161,8 @@ class DemoMixEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         td = np.asarray(priorities, np.float64).ravel()
         offset = 0
         for store, g in self._last:
-            store.update_priorities(g, td[offset : offset + len(g)])
+            weight = self._demo_weight if store is self.demos else None
+            store.update_priorities(g, td[offset : offset + len(g)], weight)
             offset += len(g)
         if offset != len(td):
             raise ValueError(f"{len(td)} TD errors for the {offset} rows of the last sample")

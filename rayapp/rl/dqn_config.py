@@ -115,6 +115,7 @@ def dqn_config(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None
                 "demo_ratio": f.demo_ratio if uses_demos(f) else 0.0,
                 "priority_eps": f.priority_eps,
                 "demo_priority_eps": f.demo_priority_eps,
+                "demo_action_balance": f.demo_action_balance,
                 "online_learning_starts": f.learning_starts,
                 "frame_channels": spec.input_shape[0] // frames.frame_stack,
                 "frame_stack": frames.frame_stack,

@@ -165,12 +165,15 @@ class FrameStore:
         p = self.tree.get(slots) / self.tree.total
         return self.gidx[slots], (self.transitions * p) ** -beta
 
-    def update_priorities(self, g: np.ndarray, td: np.ndarray) -> None:
-        """Priorities (|td| + eps)^alpha for the drawn indices that still hold their data."""
+    def update_priorities(self, g: np.ndarray, td: np.ndarray, action_weight: np.ndarray | None = None) -> None:
+        """Priorities ((|td| + eps) * action_weight[action])^alpha for the drawn indices that still
+        hold their data."""
         g = np.asarray(g, np.int64)
         s = g % self.capacity
         keep = (self.gidx[s] == g) & (self.next[s] >= 0)
         p = np.abs(np.asarray(td, np.float64)[keep]) + self.eps
+        if action_weight is not None:
+            p = p * action_weight[self.action[s[keep]]]
         if len(p):
             self.max_priority = max(self.max_priority, float(p.max()))
             self.tree.set(s[keep], p**self.alpha)
