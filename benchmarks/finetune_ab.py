@@ -51,7 +51,9 @@ def memory_per_step(uri: str, frames, max_steps: int) -> dict:
     old = []
     for d in demos:  # what rayapp.rl.offline built before: 4-frame stacks per step
         t = len(d.frames)
-        obs = d.frames[stack_indices(np.zeros(t, np.int64), np.arange(t), k)].reshape(t, -1, *d.frames.shape[2:])
+        obs = d.frames[stack_indices(np.zeros(t, np.int64), np.arange(t), k)].reshape(
+            t, -1, *d.frames.shape[2:]
+        )
         old.append(SingleAgentEpisode(observations=list(obs), actions=list(d.actions), rewards=list(d.rewards),
                                       terminated=d.terminated, truncated=not d.terminated, len_lookback_buffer=0))  # fmt: skip
     buf = PrioritizedEpisodeReplayBuffer(capacity=steps + len(demos) + 10)
@@ -78,18 +80,89 @@ def memory_per_step(uri: str, frames, max_steps: int) -> dict:
     }
 
 
+def stacking_speed(
+    uri: str, frames, max_steps: int, batch: int = 32, n_step: int = 3, reps: int = 200
+) -> dict:
+    """Observation assembly per sampled batch (obs, obs after 1 step, obs after n steps for every row):
+    stacking single frames at sampling time (this buffer) against LZ4-compressed 4-frame stacks,
+    RLlib's choice for its tuned Atari examples (`compress_observations`), one compressed stack per
+    step. The baseline uses `lz4.frame` on the raw bytes, without the pickle and base64 that
+    `ray.rllib.utils.compression.pack` adds (faster than RLlib's own). Also the LZ4 stacks' bytes."""
+    import lz4.frame
+
+    from rayapp.data.samples import stack_indices
+    from rayapp.rl.buffer import DemoMixEpisodeReplayBuffer
+    from rayapp.rl.offline import demo_episodes
+
+    demos = list(demo_episodes(uri, frames, max_steps=max_steps))
+    k = frames.frame_stack
+    steps = sum(len(d.actions) for d in demos)
+    buf = DemoMixEpisodeReplayBuffer(capacity=2, demo_capacity=steps + len(demos), frame_stack=k,
+                                     frame_channels=demos[0].frames.shape[1])  # fmt: skip
+    packed, nxt = [], []
+    for d in demos:
+        buf.add_demo(d.frames, d.actions, d.rewards, d.terminated)
+        t = len(d.frames)
+        obs = d.frames[stack_indices(np.zeros(t, np.int64), np.arange(t), k)].reshape(
+            t, -1, *d.frames.shape[2:]
+        )
+        base = len(packed)
+        packed += [lz4.frame.compress(np.ascontiguousarray(o).tobytes()) for o in obs]
+        nxt += [base + min(i + 1, t - 1) for i in range(t)]
+    nxt = np.array(nxt)
+    shape = (k * demos[0].frames.shape[1], *demos[0].frames.shape[2:])
+    store, rng = buf.demos, np.random.default_rng(0)
+
+    def ours() -> None:
+        g, _ = store.sample(batch, rng, 0.4)
+        ret = store.returns(g, n_step, 0.99)
+        store.stack(g, k), store.stack(ret["end"], k), store.stack(store.next[g % store.capacity], k)
+
+    def compressed() -> None:
+        i = rng.integers(0, len(packed), batch)
+        j = i.copy()
+        for _ in range(n_step):
+            j = nxt[j]
+        for idx in (i, nxt[i], j):
+            np.stack([np.frombuffer(lz4.frame.decompress(packed[x]), np.uint8).reshape(shape) for x in idx])
+
+    times = {}
+    for name, fn in (("ours", ours), ("lz4", compressed)) * 2:  # alternating, the second round counts
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        times[name] = (time.perf_counter() - t0) / reps
+    return {
+        "stack_ms_per_batch_single_frames": round(times["ours"] * 1e3, 3),
+        "stack_ms_per_batch_lz4_stacks": round(times["lz4"] * 1e3, 3),
+        "lz4_over_single_frames": round(times["lz4"] / times["ours"], 2),
+        "bytes_per_step_lz4_stacks": round(sum(len(p) for p in packed) / steps),
+    }
+
+
 def baseline_tree(rev: str, base: str) -> str:
     path = os.path.join(base, f"baseline-{rev}")
     if not os.path.exists(path):
-        subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", path, rev], check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", ROOT, "worktree", "add", "--detach", path, rev], check=True, capture_output=True
+        )
     return path
 
 
-def run_finetune(code: str, run: str, seed: int, bc_run: str, data_uri: str, steps: int, extra: list[str]) -> dict:
+def run_finetune(
+    code: str, run: str, seed: int, bc_run: str, data_uri: str, steps: int, extra: list[str]
+) -> dict:
     sets = [f"run.dir={run}", f"run.seed={seed}", f"finetune.init_checkpoint={bc_run}", f"data.uri={data_uri}",
             f"finetune.online_steps={steps}", f"finetune.eval_every_steps={max(steps // 2, 500)}",
             f"finetune.checkpoint_every_steps={steps}", "finetune.eval_episodes=5", *extra]  # fmt: skip
-    cmd = [sys.executable, "-m", "rayapp.cli", "finetune", "--config", os.path.join(code, "configs", "quickstart.yaml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rayapp.cli",
+        "finetune",
+        "--config",
+        os.path.join(code, "configs", "quickstart.yaml"),
+    ]
     for s in sets:
         cmd += ["--set", s]
     env = dict(os.environ, PYTHONPATH=code, RAY_USAGE_STATS_ENABLED="0")
@@ -121,18 +194,26 @@ def score(policy: str, cfg, episodes: int) -> list[float]:
 def summary(per_seed: list[list[float]]) -> dict:
     means = np.array([np.mean(s) for s in per_seed])
     se = float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
-    return {"mean": round(float(means.mean()), 2), "se_over_seeds": round(se, 2), "seed_means": [round(float(m), 2) for m in means]}
+    return {
+        "mean": round(float(means.mean()), 2),
+        "se_over_seeds": round(se, 2),
+        "seed_means": [round(float(m), 2) for m in means],
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bc-run", help="a run folder with replays/ and pretrain/")
-    ap.add_argument("--baseline", default="b7c9f48", help="the revision whose finetune is the baseline (new: HEAD)")
+    ap.add_argument(
+        "--baseline", default="b7c9f48", help="the revision whose finetune is the baseline (new: HEAD)"
+    )
     ap.add_argument("--steps", type=int, default=50_000)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--episodes", type=int, default=30, help="evaluation episodes per policy")
     ap.add_argument("--arms", default="old,new")
-    ap.add_argument("--set", action="append", default=[], help="extra --set for the new arm (one-at-a-time runs)")
+    ap.add_argument(
+        "--set", action="append", default=[], help="extra --set for the new arm (one-at-a-time runs)"
+    )
     ap.add_argument("--keep", default=None, help="keep run folders here")
     ap.add_argument("--quick", action="store_true", help="the memory part only, on a few thousand steps")
     a = ap.parse_args()
@@ -148,13 +229,20 @@ def main() -> None:
         from rayapp.record import record
 
         a.bc_run = os.path.join(base, "bc")
-        cfg = load_config(os.path.join(ROOT, "configs", "smoke.yaml"), [f"run.dir={a.bc_run}", "record.episodes=4"])
+        cfg = load_config(
+            os.path.join(ROOT, "configs", "smoke.yaml"), [f"run.dir={a.bc_run}", "record.episodes=4"]
+        )
         record(cfg, show_progress=False)
     cfg = load_config(os.path.join(ROOT, "configs", "quickstart.yaml"), [f"run.dir={a.bc_run}"])
     from rayapp.frames import FrameSpec
 
-    frames = load_policy(resolve_checkpoint(a.bc_run, stages=("pretrain",))).frames if not a.quick else FrameSpec.from_config(cfg.data)
+    frames = (
+        load_policy(resolve_checkpoint(a.bc_run, stages=("pretrain",))).frames
+        if not a.quick
+        else FrameSpec.from_config(cfg.data)
+    )
     out.update(memory_per_step(cfg.data_uri, frames, 5000 if a.quick else 20000))
+    out.update(stacking_speed(cfg.data_uri, frames, 5000 if a.quick else 20000))
     if a.quick:
         print(json.dumps(out))
         return
@@ -162,7 +250,9 @@ def main() -> None:
     import ray
 
     # both arms run from git worktrees, so commits landing meanwhile change neither
-    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     codes = {"new": baseline_tree(head, base), "old": baseline_tree(a.baseline, base)}
     out["new_revision"] = head
     runs: dict[str, list[dict]] = {}
@@ -172,7 +262,10 @@ def main() -> None:
             r = run_finetune(codes[arm], os.path.join(base, f"{arm}-{seed}"), seed, a.bc_run, cfg.data_uri, a.steps,
                              a.set if arm == "new" else [])  # fmt: skip
             runs[arm].append(r)
-            print(f"{arm} seed {seed}: {r['seconds']} s, curve {[round(p['mean'], 1) for p in r['curve']]}", flush=True)
+            print(
+                f"{arm} seed {seed}: {r['seconds']} s, curve {[round(p['mean'], 1) for p in r['curve']]}",
+                flush=True,
+            )
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     bc = score(resolve_checkpoint(a.bc_run, stages=("pretrain",)), cfg, a.episodes)
     out.update(steps=a.steps, seeds=a.seeds, episodes=a.episodes, baseline=a.baseline, new_sets=a.set,
