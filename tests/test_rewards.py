@@ -20,8 +20,8 @@ from rayapp.envs.atari import make_atari_env
 from rayapp.envs.screen.clock import Tick
 from rayapp.envs.screen.digits import DigitTemplates, calibrate
 from rayapp.envs.screen.fake_game_api import FakeGameApi
-from rayapp.envs.screen.rewards import GameOver, ScreenScore
-from rayapp.errors import GameApiError, ScoreCalibrationError
+from rayapp.envs.screen.rewards import GameOver, ScreenScore, make_reward_source
+from rayapp.errors import ConfigError, GameApiError, ScoreCalibrationError
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCADE_SCREEN = str(ROOT / "configs" / "arcade-screen.yaml")
@@ -177,7 +177,7 @@ def test_failed_readings_are_reported_and_counted_not_zeroed(caplog):
     assert len(warnings) == 1  # rate-limited: one per 10 s
 
 
-def test_a_game_over_picture_ends_the_episode():
+def test_a_game_over_picture_ends_the_episode(tmp_path):
     env = breakout()
     try:
         over, play = shown(env, 123), shown(env, 120)
@@ -188,6 +188,19 @@ def test_a_game_over_picture_ends_the_episode():
     detector = GameOver(over[top : top + h, left : left + w], region, 0.9)
     assert detector(over) and detector.score(over) == pytest.approx(1.0)
     assert not detector(play) and detector.score(play) < 0.9
+    # from the config, on top of any reward source
+    png = tmp_path / "over.png"
+    cv2.imwrite(str(png), cv2.cvtColor(over[top : top + h, left : left + w], cv2.COLOR_RGB2BGR))
+    cfg = load_config(None, [f"env.game_over_template={png}", f"env.game_over_region={region}"]).env
+    src = make_reward_source(cfg)
+    assert src.name == "none"
+    assert [src.step(f).terminated for f in (play, play, over)] == [False, False, True]
+    assert src.step(over).info == {"game_over_screen": True}
+    cfg.game_over_region = [64, 3, 21, 14]
+    with pytest.raises(
+        ConfigError, match="env.game_over_template is 20x14 pixels, env.game_over_region .* is 21x14"
+    ):
+        make_reward_source(cfg)
 
 
 # ---- the real window and the game API, under Xvfb ------------------------------------------------
@@ -196,8 +209,8 @@ class ArcadeClock:
     the keys the env holds (XTEST -> X server -> SDL), plays 4 emulator frames with them (as the
     arcade at 60 fps does in one 15 fps step) and draws the last; it records the emulator's score."""
 
-    def __init__(self, arcade):
-        self.arcade, self.index, self.dropped = arcade, 0, 0
+    def __init__(self, arcade, cover: range = range(0)):
+        self.arcade, self.index, self.dropped, self.cover = arcade, 0, 0, cover
         self.scores: list[tuple[float, float]] = []  # (score drawn one frame before, score) per step
 
     def start(self) -> float:
@@ -215,6 +228,9 @@ class ArcadeClock:
                 before = self.arcade.score
             self.arcade.step(action)
         self.arcade.show()
+        if self.index + 1 in self.cover:  # something drawn over the score's middle digit for this step
+            self.arcade.screen.fill((255, 255, 255), (3 * 50, 3 * 4, 3 * 16, 3 * 12))
+            self.arcade.pg.display.flip()
         self.scores.append((before, self.arcade.score))
         self.index += 1
         return Tick(self.index, 0.0, 0)
@@ -241,7 +257,8 @@ def xdisplay_(display):
 
 def test_screen_env_reads_the_arcade_windows_score_and_plays_an_episode(xdisplay_, tmp_path, capsys):
     """The arcade window (a real pygame window on Xvfb) is calibrated from four captures showing
-    known scores; then a ScreenEnv with env.reward=screen_score plays an episode through the keyboard."""
+    known scores; then a ScreenEnv with env.reward=screen_score plays an episode through the
+    keyboard, three of its frames with the score covered."""
     pytest.importorskip("pygame")
     from rayapp.envs.screen import ScreenCapture, ScreenEnv
     from rayapp.frames import FrameSpec
@@ -267,35 +284,49 @@ def test_screen_env_reads_the_arcade_windows_score_and_plays_an_episode(xdisplay
         from rayapp.envs.screen.calibrate import calibrate_score
 
         calibrate_score(cfg, labelled)
+        # the command, capturing the window (which shows 789 now) itself
+        one = tmp_path / "one.npz"
+        assert main(["calibrate-score", "--config", ARCADE_SCREEN, "--set", f"env.score_region={REGION}",
+                     "--set", f"env.score_templates={one}", "--capture", "789"]) == 0  # fmt: skip
+        out = capsys.readouterr().out
+        assert (
+            f"digits [7, 8, 9] from 1 labelled frame(s) of env.score_region {REGION} written to {one}" in out
+        )
+        assert "not seen yet: [0, 1, 2, 3, 4, 5, 6]" in out
         arcade.frame, _ = arcade.env.reset(seed=1)
         arcade.score = 0.0
         arcade.show()
-        clock = ArcadeClock(arcade)
+        covered = range(200, 203)
+        clock = ArcadeClock(arcade, covered)
         env = ScreenEnv(cfg.env, cfg.inputs, FrameSpec(), clock=clock)
         try:
             _, info = env.reset()
             assert info["reward_source"] == "screen_score" and info["score"] == 0.0
-            total, read, truncated = 0.0, [], False
+            total, read, errors, truncated = 0.0, [], [], False
             while not truncated:
                 _, reward, terminated, truncated, info = env.step(tracking_action(env.last_frame))
-                assert not terminated and info["reward_error"] == ""
+                assert not terminated
                 total += reward
-                read.append(info["score"])
+                if info["reward_error"]:
+                    errors.append((info["frame_index"], info["reward_errors"], reward))
+                else:
+                    read.append((info["score"], clock.scores[-1]))
             pressed_during = len(held_keys(xdisplay_))
         finally:
             env.close()
     finally:
         arcade.close()
     assert arcade.summary.scores == []  # no game over in between
-    exact = np.mean([r == s for r, (_, s) in zip(read, clock.scores)])
-    lag_aware = np.mean([r in (b, s) for r, (b, s) in zip(read, clock.scores)])
+    assert errors == [(200, 1, 0.0), (201, 2, 0.0), (202, 3, 0.0)]  # the covered steps: reported, counted
+    exact = np.mean([r == s for r, (_, s) in read])
+    lag_aware = np.mean([r in (b, s) for r, (b, s) in read])
     with capsys.disabled():
         print(f"\n  arcade window under Xvfb, {len(read)} steps: screen score = emulator score on {exact:.4f} of "
               f"frames ({lag_aware:.4f} counting the game's one-frame drawing lag); reward sum {total:g}, "
               f"emulator score {arcade.score:g}")  # fmt: skip
     assert arcade.score >= 5  # the keys played the game
     assert exact >= 0.99 and lag_aware == 1.0
-    assert total == read[-1] and total in clock.scores[-1]  # the reward sum is the score change
+    assert total == read[-1][0] and total in clock.scores[-1]  # the reward sum is the score change
     assert pressed_during <= 1
 
 

@@ -139,12 +139,13 @@ class GameOver:
         return cls(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), cfg.game_over_region, cfg.game_over_threshold)
 
     def score(self, frame: np.ndarray) -> float:
+        """Normalised correlation of the region with the template (-1..1; off the frame: -1)."""
         left, top, w, h = self.region
         crop = frame[top : top + h, left : left + w]
         if crop.shape[:2] != (h, w):
             return -1.0
-        a, b = _gray(crop) - self.template.mean(), self.template - self.template.mean()
-        a = a - a.mean()
+        a, b = _gray(crop), self.template
+        a, b = a - a.mean(), b - b.mean()
         den = float(np.sqrt((a * a).sum() * (b * b).sum()))
         if den == 0:  # a flat picture: equal or not
             return 1.0 if np.array_equal(_gray(crop), self.template) else 0.0
