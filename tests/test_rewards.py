@@ -395,5 +395,8 @@ def test_a_game_api_that_refuses_or_stops_answering_fails_in_one_line_with_nothi
                 env.step(1)
             assert "\n" not in str(e.value)
             assert held_keys(xdisplay_) == [] and env.pressed() == ()
+            server.stall_after = None  # the mod recovers: the next reset connects again
+            _, info = env.reset()
+            assert info["speed"] == 0.0 and env.step(0)[4]["position"] == [1.0, 2.0, 0.0]
         finally:
             env.close()

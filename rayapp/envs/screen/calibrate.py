@@ -24,7 +24,7 @@ __all__ = ["calibrate_score", "default_templates_path", "labelled_frame"]
 
 def default_templates_path(config_path: str) -> str:
     """`<config-stem>.score.npz` next to the config file."""
-    return os.path.splitext(config_path)[0] + ".score.npz"
+    return os.path.abspath(os.path.splitext(config_path)[0] + ".score.npz")
 
 
 def labelled_frame(spec: str) -> tuple[np.ndarray, int]:

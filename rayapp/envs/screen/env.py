@@ -96,8 +96,9 @@ class ScreenEnv(gym.Env):
         self.started = time.monotonic()
         self.last_frame = frame
         obs = self.stacker.reset(frame) if self.stacker is not None else frame
-        return obs, {"late_ms": 0.0, "dropped_frames": 0, "frame_index": 0, "frame_time": time.time(),
-                     "reward_source": self.reward_source.name, **extras}  # fmt: skip
+        # ours win over a source's keys
+        return obs, {**extras, "late_ms": 0.0, "dropped_frames": 0, "frame_index": 0, "frame_time": time.time(),
+                     "reward_source": self.reward_source.name}  # fmt: skip
 
     def step(self, action):
         try:
@@ -119,12 +120,12 @@ class ScreenEnv(gym.Env):
         if reading.terminated or truncated:
             self._release()  # nothing stays pressed while the owner resets or stops
         info = {
+            **reading.info,  # ours win over a source's keys
             "late_ms": tick.late_ms,
             "dropped_frames": self.clock.dropped,
             "frame_index": tick.index,
             "frame_time": t,
             "reward_source": self.reward_source.name,
-            **reading.info,
         }
         return obs, float(reading.reward), bool(reading.terminated), truncated, info
 

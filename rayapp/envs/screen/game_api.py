@@ -13,7 +13,7 @@ per line (UTF-8, newline-terminated):
 episode; every other key goes into `info` (and so the replay's extras). A mod that refuses the
 connection, closes it, answers nonsense or takes longer than `env.game_api_timeout_s` to answer
 makes the step fail with a one-line GameApiError naming the address (ScreenEnv then releases every
-input). `rayapp.envs.screen.fake_game_api` is a stand-in server for tests and trying it out.
+input); the connection is then dropped, and the next reset connects again. `rayapp.envs.screen.fake_game_api` is a stand-in server for tests and trying it out.
 """
 
 from __future__ import annotations
@@ -44,37 +44,48 @@ class GameApiReward(RewardSource):
 
     def __init__(self, address: str, timeout_s: float = 2.0):
         self.address, self.timeout_s = address, timeout_s
-        host, port = parse_address(address)
+        self.host, self.port = parse_address(address)
         self.steps = 0
+        self.sock: socket.socket | None = None
+        self.file = None
+        self._connect()
+
+    def _connect(self) -> None:
         try:
-            self.sock = socket.create_connection((host, port), timeout=timeout_s)
+            self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
         except ConnectionRefusedError:
             raise GameApiError(self._say("refused the connection: start the game with its mod (or "
-                                         f"`python -m rayapp.envs.screen.fake_game_api --port {port}`), or set env.game_api_address")) from None  # fmt: skip
+                                         f"`python -m rayapp.envs.screen.fake_game_api --port {self.port}`), or set env.game_api_address")) from None  # fmt: skip
         except TimeoutError:
-            raise GameApiError(self._say(f"did not accept a connection within {timeout_s:g} s (env.game_api_timeout_s): "
+            raise GameApiError(self._say(f"did not accept a connection within {self.timeout_s:g} s (env.game_api_timeout_s): "
                                          "is the game running and the address right?")) from None  # fmt: skip
         except OSError as e:
             raise GameApiError(
                 self._say(f"cannot be reached ({e.strerror or e}): check env.game_api_address")
             ) from None
-        self.sock.settimeout(timeout_s)
+        self.sock.settimeout(self.timeout_s)
         self.file = self.sock.makefile("rb")
 
     def _say(self, what: str) -> str:
         return f"the game API at {self.address} {what}"
 
     def request(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """Send one line, read one answer (a JSON object)."""
+        """Send one line, read one answer (a JSON object). After a failure the connection is
+        dropped (a late answer must not pass for the next one); the next request connects again."""
+        if self.sock is None:
+            self._connect()
         try:
             self.sock.sendall((json.dumps(msg) + "\n").encode())
             line = self.file.readline()
         except TimeoutError:
+            self.close()
             raise GameApiError(self._say(f"did not answer within {self.timeout_s:g} s (env.game_api_timeout_s): is the "
                                          "game paused or its mod stuck? Restart it, or raise the timeout")) from None  # fmt: skip
         except OSError as e:
+            self.close()
             raise GameApiError(self._say(f"failed ({e.strerror or e}): restart the game's mod")) from None
         if not line:
+            self.close()
             raise GameApiError(self._say("closed the connection: restart the game's mod"))
         try:
             data = json.loads(line)
@@ -103,9 +114,10 @@ class GameApiReward(RewardSource):
         return RewardReading(reward, done, {k: v for k, v in data.items() if k not in _RESERVED})
 
     def close(self) -> None:
-        for thing in (getattr(self, "file", None), getattr(self, "sock", None)):
+        for thing in (getattr(self, "file", None), self.sock):
             try:
                 if thing is not None:
                     thing.close()
             except OSError:
                 pass
+        self.sock = self.file = None
