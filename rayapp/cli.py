@@ -122,16 +122,27 @@ def _arcade(cfg: Config, args: argparse.Namespace) -> int:
 
 @command("calibrate-score")
 def _calibrate_score(cfg: Config, args: argparse.Namespace) -> int:
-    from rayapp.envs.screen.calibrate import calibrate_score, capture_frame, labelled_frame, summary
+    from rayapp.envs.screen.calibrate import (
+        calibrate_score,
+        capture_frame,
+        labelled_frame,
+        summary,
+        write_game_over,
+    )
 
     frames = [labelled_frame(spec) for spec in args.frames]
     frames += [(capture_frame(cfg), int(score)) for score in args.capture]
-    if not frames:
+    if not frames and not args.game_over:
         raise ScoreCalibrationError(
             "rayapp calibrate-score needs labelled frames: --frame FILE.png=SCORE or --capture SCORE"
         )
-    t, out = calibrate_score(cfg, frames)
-    print(summary(t, len(frames), out))
+    if frames:
+        t, out = calibrate_score(cfg, frames)
+        print(summary(t, len(frames), out))
+    if args.game_over:
+        out = write_game_over(cfg, args.game_over, args.config)
+        print(f"game-over picture (env.game_over_region {cfg.env.game_over_region}) written to {out}; "
+              f"episodes end on it with env.game_over_template: {out}")  # fmt: skip
     return 0
 
 
@@ -218,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a captured frame (env.frame_size pixels) and the score it shows; repeatable")  # fmt: skip
     cal.add_argument("--capture", action="append", default=[], metavar="SCORE", type=int,
                      help="capture the configured screen now, which shows SCORE")  # fmt: skip
+    cal.add_argument("--game-over", metavar="FILE.png",
+                     help="a frame at game over: its env.game_over_region becomes env.game_over_template")  # fmt: skip
 
     cfgp = sub.add_parser("config", parents=[common], help="print the resolved config, or every key")
     cfgp.add_argument("what", nargs="?", choices=["show", "keys"], default="show")

@@ -177,7 +177,7 @@ def test_failed_readings_are_reported_and_counted_not_zeroed(caplog):
     assert len(warnings) == 1  # rate-limited: one per 10 s
 
 
-def test_a_game_over_picture_ends_the_episode(tmp_path):
+def test_a_game_over_picture_ends_the_episode(tmp_path, capsys):
     env = breakout()
     try:
         over, play = shown(env, 123), shown(env, 120)
@@ -188,10 +188,15 @@ def test_a_game_over_picture_ends_the_episode(tmp_path):
     detector = GameOver(over[top : top + h, left : left + w], region, 0.9)
     assert detector(over) and detector.score(over) == pytest.approx(1.0)
     assert not detector(play) and detector.score(play) < 0.9
-    # from the config, on top of any reward source
-    png = tmp_path / "over.png"
-    cv2.imwrite(str(png), cv2.cvtColor(over[top : top + h, left : left + w], cv2.COLOR_RGB2BGR))
-    cfg = load_config(None, [f"env.game_over_template={png}", f"env.game_over_region={region}"]).env
+    # `rayapp calibrate-score --game-over FRAME.png` cuts the picture out; the config uses it on top of any reward
+    shot = tmp_path / "over_frame.png"
+    cv2.imwrite(str(shot), cv2.cvtColor(over, cv2.COLOR_RGB2BGR))
+    yaml = tmp_path / "g.yaml"
+    yaml.write_text(f"env:\n  game_over_region: {region}\n")
+    assert main(["calibrate-score", "--config", str(yaml), "--game-over", str(shot)]) == 0
+    png = tmp_path / "g.game_over.png"
+    assert f"written to {png}" in capsys.readouterr().out
+    cfg = load_config(str(yaml), [f"env.game_over_template={png}"]).env
     src = make_reward_source(cfg)
     assert src.name == "none"
     assert [src.step(f).terminated for f in (play, play, over)] == [False, False, True]

@@ -6,6 +6,9 @@ captured now while it shows a known score, `--capture SCORE`. The templates go t
 `env.score_templates` (the rayapp command's default: `<config-stem>.score.npz` next to --config).
 Every labelled frame is read back with the new templates before they are written, and the digits
 no frame showed are named: a score with one of them will not read until it is calibrated too.
+
+`--game-over FILE.png` (a frame at game over) cuts `env.game_over_region` out of it into
+`env.game_over_template` (default `<config-stem>.game_over.png`), the picture that ends episodes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from rayapp.config import Config
 from rayapp.envs.screen.digits import DigitTemplates, calibrate
 from rayapp.errors import ScoreCalibrationError
 
-__all__ = ["calibrate_score", "default_templates_path", "labelled_frame"]
+__all__ = ["calibrate_score", "default_templates_path", "labelled_frame", "write_game_over"]
 
 
 def default_templates_path(config_path: str) -> str:
@@ -79,6 +82,38 @@ def calibrate_score(
             )
     t.save(out)
     return t, out
+
+
+def write_game_over(cfg: Config, path: str, config_path: str | None) -> str:
+    """The game-over picture: env.game_over_region of the frame at `path`; where it went."""
+    e = cfg.env
+    if not e.game_over_region:
+        raise ScoreCalibrationError(
+            "--game-over needs env.game_over_region: [left, top, width, height] of the picture"
+        )
+    img = cv2.imread(path, cv2.IMREAD_COLOR) if os.path.exists(path) else None
+    if img is None:
+        raise ScoreCalibrationError(f"--game-over {path}: not a readable image")
+    left, top, w, h = (int(v) for v in e.game_over_region)
+    crop = img[top : top + h, left : left + w]
+    if crop.shape[:2] != (h, w):
+        raise ScoreCalibrationError(
+            f"env.game_over_region {e.game_over_region} is not inside {path} ({img.shape[1]}x{img.shape[0]} pixels)"
+        )
+    if crop.min() == crop.max():
+        raise ScoreCalibrationError(
+            f"env.game_over_region {e.game_over_region} of {path} is one colour: it would match any blank screen"
+        )
+    out = e.game_over_template or (
+        os.path.abspath(os.path.splitext(config_path)[0] + ".game_over.png") if config_path else ""
+    )
+    if not out:
+        raise ScoreCalibrationError(
+            "where the picture goes: pass --config FILE.yaml or set env.game_over_template"
+        )
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    cv2.imwrite(out, crop)
+    return out
 
 
 def summary(t: DigitTemplates, frames: int, out: str) -> str:
