@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from rayapp.config import Config
+from rayapp.envs.screen.capture import ScreenCapture
 from rayapp.envs.screen.digits import DigitTemplates, calibrate
 from rayapp.errors import ScoreCalibrationError
 
@@ -42,8 +43,6 @@ def labelled_frame(spec: str) -> tuple[np.ndarray, int]:
 
 
 def capture_frame(cfg: Config) -> np.ndarray:
-    from rayapp.envs.screen.capture import ScreenCapture
-
     cap = ScreenCapture(cfg.env)
     try:
         if cfg.env.capture == "window" and cfg.env.focus:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rayapp.envs.screen.rewards import RewardReading, RewardSource
+from rayapp.envs.screen.reward_source import RewardReading, RewardSource
 from rayapp.errors import ConfigError, GameApiError
 
 __all__ = ["GameApiReward", "parse_address"]

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -30,34 +29,13 @@ import numpy as np
 
 from rayapp.config import EnvConfig
 from rayapp.envs.screen.digits import DigitTemplates
+from rayapp.envs.screen.game_api import GameApiReward
+from rayapp.envs.screen.reward_source import RewardReading, RewardSource
 from rayapp.errors import ConfigError
 
 __all__ = ["RewardReading", "RewardSource", "NoReward", "ScreenScore", "GameOver", "make_reward_source"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RewardReading:
-    reward: float = 0.0
-    terminated: bool = False
-    info: dict[str, Any] = field(default_factory=dict)  # e.g. score, lives, reward_error
-
-
-class RewardSource:
-    """The interface: `reset(frame)` at an episode's first frame, `step(frame)` after every step."""
-
-    name = "none"
-
-    def reset(self, frame: np.ndarray) -> dict[str, Any]:
-        """Extras for reset's info."""
-        return {}
-
-    def step(self, frame: np.ndarray) -> RewardReading:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
 
 
 class NoReward(RewardSource):
@@ -189,7 +167,5 @@ def make_reward_source(cfg: EnvConfig) -> RewardSource:
             DigitTemplates.load(cfg.score_templates, cfg.score_region), cfg.score_max_distance
         )
     else:
-        from rayapp.envs.screen.game_api import GameApiReward
-
         source = GameApiReward(cfg.game_api_address, cfg.game_api_timeout_s)
     return _WithGameOver(source, game_over) if game_over is not None else source
