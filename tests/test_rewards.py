@@ -405,3 +405,33 @@ def test_a_game_api_that_refuses_or_stops_answering_fails_in_one_line_with_nothi
             assert info["speed"] == 0.0 and env.step(0)[4]["position"] == [1.0, 2.0, 0.0]
         finally:
             env.close()
+
+
+def test_a_game_api_that_answers_nonsense_or_hangs_up_is_named():
+    from rayapp.envs.screen.game_api import GameApiReward
+
+    frame = np.zeros((4, 4, 3), np.uint8)
+    for answer, match in [
+        ([1, 2], "answered a line that is not a JSON object: b'\\[1, 2\\]"),
+        ({"reward": "lots"}, "sent a reward that is not a number: 'lots'"),
+        ({"reward": 1, "done": "yes"}, "sent a done that is not true or false: 'yes'"),
+    ]:
+        with FakeGameApi(lambda req, a=answer: a if req["op"] == "step" else {}) as server:
+            src = GameApiReward(server.address, 1.0)
+            try:
+                assert src.reset(frame) == {}
+                with pytest.raises(GameApiError, match=match) as e:
+                    src.step(frame)
+                assert str(e.value).startswith(f"the game API at {server.address} ") and "\n" not in str(
+                    e.value
+                )
+            finally:
+                src.close()
+    with FakeGameApi() as server:
+        src = GameApiReward(server.address, 1.0)
+        server.close()  # the mod goes away
+        with pytest.raises(GameApiError, match="closed the connection|failed"):
+            src.reset(frame)
+        src.close()
+    with pytest.raises(ConfigError, match="host:port"):
+        GameApiReward("localhost", 1.0)

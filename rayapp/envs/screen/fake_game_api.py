@@ -42,13 +42,13 @@ class FakeGameApi:
         self.answers = 0
         self.server = socket.create_server((host, port))
         self.address = f"{host}:{self.server.getsockname()[1]}"
+        self.server.settimeout(0.1)  # accept() wakes up to see close()
         self._stop = threading.Event()
         self._conn: socket.socket | None = None
         self._thread = threading.Thread(target=self._serve, name="fake-game-api", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
-        self.server.settimeout(0.1)
         while not self._stop.is_set():
             try:
                 conn, _ = self.server.accept()
