@@ -216,6 +216,10 @@ class ArcadeClock:
 
     def __init__(self, arcade, cover: range = range(0)):
         self.arcade, self.index, self.dropped, self.cover = arcade, 0, 0, cover
+        self.expect, self.seen = (
+            0,
+            [],
+        )  # the emulator action of the keys the env holds; whether the window saw it
         self.scores: list[tuple[float, float]] = []  # (score drawn one frame before, score) per step
 
     def start(self) -> float:
@@ -225,9 +229,14 @@ class ArcadeClock:
     def wait(self) -> Tick:
         import time
 
-        time.sleep(0.005)
-        self.arcade.poll()
-        action = self.arcade.action()
+        deadline = time.monotonic() + 1.0
+        while True:  # until the window has read the keys of the action the env holds (`expect`)
+            self.arcade.poll()
+            action = self.arcade.action()
+            if action == self.expect or time.monotonic() > deadline:
+                break
+            time.sleep(0.002)
+        self.seen.append(action == self.expect)
         for k in range(4):
             if k == 3:
                 before = self.arcade.score
@@ -309,7 +318,10 @@ def test_screen_env_reads_the_arcade_windows_score_and_plays_an_episode(xdisplay
             assert info["reward_source"] == "screen_score" and info["score"] == 0.0
             total, read, errors, truncated = 0.0, [], [], False
             while not truncated:
-                _, reward, terminated, truncated, info = env.step(tracking_action(env.last_frame))
+                clock.expect = tracking_action(
+                    env.last_frame
+                )  # inputs.keys are in the emulator's action order
+                _, reward, terminated, truncated, info = env.step(clock.expect)
                 assert not terminated
                 total += reward
                 if info["reward_error"]:
@@ -329,7 +341,7 @@ def test_screen_env_reads_the_arcade_windows_score_and_plays_an_episode(xdisplay
         print(f"\n  arcade window under Xvfb, {len(read)} steps: screen score = emulator score on {exact:.4f} of "
               f"frames ({lag_aware:.4f} counting the game's one-frame drawing lag); reward sum {total:g}, "
               f"emulator score {arcade.score:g}")  # fmt: skip
-    assert arcade.score >= 5  # the keys played the game
+    assert all(clock.seen) and arcade.score >= 5  # the keys played the game
     assert exact >= 0.99 and lag_aware == 1.0
     assert total == read[-1][0] and total in clock.scores[-1]  # the reward sum is the score change
     assert pressed_during <= 1
