@@ -1,13 +1,12 @@
-"""Reward and episode end for the screen path (rayapp.envs.screen.rewards, digits, game_api):
+"""Reward and episode end for the screen path (rayapp.envs.screen.rewards, digits, calibrate):
 the score read from Atari Breakout's own digits, calibrated from a few labelled frames, against
 the emulator's score (on emulator frames, and on a real arcade window captured under Xvfb through
-a ScreenEnv acting with the keyboard); a game mod's JSON lines from the fake server, its faults
-with nothing left pressed; game-over pictures and time limits."""
+a ScreenEnv acting with the keyboard); failed readings; game-over pictures. The game mod's API:
+tests/test_game_api.py."""
 
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 
 import cv2
@@ -19,9 +18,8 @@ from rayapp.config import load_config
 from rayapp.envs.atari import make_atari_env
 from rayapp.envs.screen.clock import Tick
 from rayapp.envs.screen.digits import DigitTemplates, calibrate
-from rayapp.envs.screen.fake_game_api import FakeGameApi
 from rayapp.envs.screen.rewards import GameOver, ScreenScore, make_reward_source
-from rayapp.errors import ConfigError, GameApiError, ScoreCalibrationError
+from rayapp.errors import ConfigError, ScoreCalibrationError
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCADE_SCREEN = str(ROOT / "configs" / "arcade-screen.yaml")
@@ -345,105 +343,3 @@ def test_screen_env_reads_the_arcade_windows_score_and_plays_an_episode(xdisplay
     assert exact >= 0.99 and lag_aware == 1.0
     assert total == read[-1][0] and total in clock.scores[-1]  # the reward sum is the score change
     assert pressed_during <= 1
-
-
-def region_cfg(*overrides: str):
-    return load_config(ARCADE_SCREEN, ["env.capture=region", "env.region=[0, 0, 32, 24]", "env.frame_size=[0, 0]",
-                                       "env.fps=30", *overrides])  # fmt: skip
-
-
-def test_the_game_api_gives_rewards_episode_ends_and_state(xdisplay_):
-    from rayapp.envs.screen import ScreenEnv
-    from rayapp.envs.screen.fake_game_api import default_script
-    from rayapp.frames import FrameSpec
-
-    with FakeGameApi(default_script(reward_every=3, episode_steps=10)) as server:
-        cfg = region_cfg("env.reward=game_api", f"env.game_api_address={server.address}")
-        env = ScreenEnv(cfg.env, cfg.inputs, FrameSpec())
-        try:
-            _, info = env.reset()
-            assert info["reward_source"] == "game_api" and info["position"] == [0.0, 0.0, 0.0]
-            rewards, ends = [], []
-            for _ in range(10):
-                _, r, terminated, truncated, info = env.step(1)
-                rewards.append(r)
-                ends.append(terminated)
-            assert rewards == [0, 0, 1, 0, 0, 1, 0, 0, 1, 0] and ends == [False] * 9 + [True]
-            assert info["speed"] == 5.0 and info["position"] == [10.0, 20.0, 0.0] and "reward" not in info
-            assert held_keys(xdisplay_) == []  # released at the episode's end
-            assert server.requests[:2] == [{"op": "reset"}, {"op": "step", "step": 1}]
-            env.reset()
-            cfg.env.time_limit_s = 0.2  # 6 steps of 1/30 s
-            steps, truncated = 0, False
-            while not truncated:
-                _, _, _, truncated, _ = env.step(0)
-                steps += 1
-            assert 5 <= steps <= 7
-        finally:
-            env.close()
-
-
-def test_a_game_api_that_refuses_or_stops_answering_fails_in_one_line_with_nothing_pressed(xdisplay_):
-    from rayapp.envs.screen import ScreenEnv
-    from rayapp.frames import FrameSpec
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens there once closed
-    cfg = region_cfg("env.reward=game_api", f"env.game_api_address=127.0.0.1:{port}")
-    with pytest.raises(GameApiError, match=f"the game API at 127.0.0.1:{port} refused the connection") as e:
-        ScreenEnv(cfg.env, cfg.inputs, FrameSpec())
-    assert "\n" not in str(e.value) and "fake_game_api" in str(e.value)
-    assert held_keys(xdisplay_) == []
-
-    with FakeGameApi(stall_after=3) as server:  # reset and two steps, then silence
-        cfg = region_cfg(
-            "env.reward=game_api", f"env.game_api_address={server.address}", "env.game_api_timeout_s=0.3"
-        )
-        env = ScreenEnv(cfg.env, cfg.inputs, FrameSpec())
-        try:
-            env.reset()
-            env.step(1)
-            env.step(1)
-            assert len(held_keys(xdisplay_)) == 1  # FIRE's space, held
-            with pytest.raises(
-                GameApiError, match=f"the game API at {server.address} did not answer within 0.3 s"
-            ) as e:
-                env.step(1)
-            assert "\n" not in str(e.value)
-            assert held_keys(xdisplay_) == [] and env.pressed() == ()
-            server.stall_after = None  # the mod recovers: the next reset connects again
-            _, info = env.reset()
-            assert info["speed"] == 0.0 and env.step(0)[4]["position"] == [1.0, 2.0, 0.0]
-        finally:
-            env.close()
-
-
-def test_a_game_api_that_answers_nonsense_or_hangs_up_is_named():
-    from rayapp.envs.screen.game_api import GameApiReward
-
-    frame = np.zeros((4, 4, 3), np.uint8)
-    for answer, match in [
-        ([1, 2], "answered a line that is not a JSON object: b'\\[1, 2\\]"),
-        ({"reward": "lots"}, "sent a reward that is not a number: 'lots'"),
-        ({"reward": 1, "done": "yes"}, "sent a done that is not true or false: 'yes'"),
-    ]:
-        with FakeGameApi(lambda req, a=answer: a if req["op"] == "step" else {}) as server:
-            src = GameApiReward(server.address, 1.0)
-            try:
-                assert src.reset(frame) == {}
-                with pytest.raises(GameApiError, match=match) as e:
-                    src.step(frame)
-                assert str(e.value).startswith(f"the game API at {server.address} ") and "\n" not in str(
-                    e.value
-                )
-            finally:
-                src.close()
-    with FakeGameApi() as server:
-        src = GameApiReward(server.address, 1.0)
-        server.close()  # the mod goes away
-        with pytest.raises(GameApiError, match="closed the connection|failed"):
-            src.reset(frame)
-        src.close()
-    with pytest.raises(ConfigError, match="host:port"):
-        GameApiReward("localhost", 1.0)
