@@ -7,6 +7,7 @@ Every command takes ``--config FILE.yaml`` and any number of ``--set section.key
     rayapp inspect  runs/quickstart/replays --sample 24
     rayapp pipeline --config configs/quickstart.yaml
     rayapp arcade   --game Breakout
+    rayapp calibrate-score --config configs/arcade-screen.yaml --frame shot.png=120
     rayapp config keys
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from rayapp import __version__, console
 from rayapp.config import Config, describe_keys, dump_config, load_config, set_key
-from rayapp.errors import RayappError
+from rayapp.errors import RayappError, ScoreCalibrationError
 from rayapp.logs import install as quiet_logs
 
 __all__ = ["main", "build_parser"]
@@ -119,6 +120,32 @@ def _arcade(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("calibrate-score")
+def _calibrate_score(cfg: Config, args: argparse.Namespace) -> int:
+    from rayapp.envs.screen.calibrate import (
+        calibrate_score,
+        capture_frame,
+        labelled_frame,
+        summary,
+        write_game_over,
+    )
+
+    frames = [labelled_frame(spec) for spec in args.frames]
+    frames += [(capture_frame(cfg), int(score)) for score in args.capture]
+    if not frames and not args.game_over:
+        raise ScoreCalibrationError(
+            "rayapp calibrate-score needs labelled frames: --frame FILE.png=SCORE or --capture SCORE"
+        )
+    if frames:
+        t, out = calibrate_score(cfg, frames)
+        print(summary(t, len(frames), out))
+    if args.game_over:
+        out = write_game_over(cfg, args.game_over, args.config)
+        print(f"game-over picture (env.game_over_region {cfg.env.game_over_region}) written to {out}; "
+              f"episodes end on it with env.game_over_template: {out}")  # fmt: skip
+    return 0
+
+
 @command("config")
 def _config(cfg: Config, args: argparse.Namespace) -> int:
     if args.what == "keys":
@@ -187,9 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--force", action="store_true", help="rerun stages whose output exists")
 
     arc = sub.add_parser(
-        "arcade", parents=[common], help="play an ALE game (env.game) in a window with the keyboard (inputs.keys)"
+        "arcade",
+        parents=[common],
+        help="play an ALE game (env.game) in a window with the keyboard (inputs.keys)",
     )
     arc.add_argument("--game", help="the game (short for --set env.game=GAME), e.g. Breakout, Pong")
+
+    cal = sub.add_parser(
+        "calibrate-score",
+        parents=[common],
+        help="digit templates for env.reward=screen_score from labelled frames (to env.score_templates)",
+    )
+    cal.add_argument("--frame", dest="frames", action="append", default=[], metavar="FILE.png=SCORE",
+                     help="a captured frame (env.frame_size pixels) and the score it shows; repeatable")  # fmt: skip
+    cal.add_argument("--capture", action="append", default=[], metavar="SCORE", type=int,
+                     help="capture the configured screen now, which shows SCORE")  # fmt: skip
+    cal.add_argument("--game-over", metavar="FILE.png",
+                     help="a frame at game over: its env.game_over_region becomes env.game_over_template")  # fmt: skip
 
     cfgp = sub.add_parser("config", parents=[common], help="print the resolved config, or every key")
     cfgp.add_argument("what", nargs="?", choices=["show", "keys"], default="show")
@@ -207,6 +248,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if getattr(args, "game", None):
             set_key(cfg, "env.game", args.game, "--game")
+        if (
+            args.config
+            and not cfg.env.score_templates
+            and (cfg.env.reward == "screen_score" or args.command == "calibrate-score")
+        ):
+            from rayapp.envs.screen.calibrate import default_templates_path
+
+            cfg.env.score_templates = default_templates_path(args.config)
         if args.command in RAY_COMMANDS:
             console.start(args.command, cfg.run.dir, debug=args.debug)
         return COMMANDS[args.command](cfg, args)

@@ -12,6 +12,8 @@ __all__ = [
     "StageError",
     "InputDeviceError",
     "CaptureError",
+    "ScoreCalibrationError",
+    "GameApiError",
     "find_error",
 ]
 
@@ -59,6 +61,14 @@ class InputDeviceError(RayappError):
 
 class CaptureError(RayappError):
     """The screen, monitor, region or window to capture cannot be found or read."""
+
+
+class ScoreCalibrationError(ConfigError):
+    """The score region cannot be read, or labelled frames disagree with what it shows."""
+
+
+class GameApiError(RayappError):
+    """A game mod's reward API refuses the connection, stops answering or answers nonsense."""
 
 
 _RAY_WRAPPERS = ("RayTaskError", "RayActorError", "RayError", "RayTrainError")

@@ -112,6 +112,7 @@ def test_every_location_key_is_marked_as_a_path():
     cannot be forgotten: adding a string key fails this test until it is classified."""
     # a cluster address, a game id, a metric name, an X display, a window title
     not_locations = {"ray.address", "env.game", "sweep.metric", "env.display", "env.window_title"}
+    not_locations.add("env.game_api_address")  # a game mod's host:port
     strings = {key for key, tp, _, _ in describe_keys() if tp == "str"}
     paths = path_keys()
     assert not_locations <= strings, not_locations - strings  # the declared set is current

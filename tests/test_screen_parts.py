@@ -134,7 +134,7 @@ def test_the_rllib_env_chooses_its_backend_from_the_config(monkeypatch):
     with pytest.raises(CaptureError, match="DISPLAY is not set"):  # the ScreenEnv, on a node without a display
         make_pixel_env(conf)
     reward = env_config(load_config(ARCADE_SCREEN, ["env.reward=screen_score"]).env, FrameSpec(), True)
-    with pytest.raises(ConfigError, match="not available in this version"):  # refused before any capture opens
+    with pytest.raises(ConfigError, match="needs env.score_templates"):  # refused before any capture opens
         make_pixel_env(reward)
     with pytest.raises(ConfigError, match="env.backend='vnc'"):
         make_pixel_env(dict(conf, backend="vnc"))

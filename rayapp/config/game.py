@@ -39,11 +39,13 @@ class EnvConfig:
         "of the Atari path's recordings (15 at frameskip 4)",
     )
     capture: Literal["monitor", "region", "window"] = opt(
-        "monitor", "screen: what is captured: a whole monitor (env.monitor), a region (env.region) or a window (env.window_title)"
+        "monitor",
+        "screen: what is captured: a whole monitor (env.monitor), a region (env.region) or a window (env.window_title)",
     )
     monitor: int = opt(1, "capture=monitor: mss monitor number (1: the first; 0: all monitors as one)")
     region: list[int] = opt(
-        [], "capture=region: [left, top, width, height] in screen pixels (the part off the screen reads black)"
+        [],
+        "capture=region: [left, top, width, height] in screen pixels (the part off the screen reads black)",
     )
     window_title: str = opt(
         "",
@@ -61,9 +63,44 @@ class EnvConfig:
     )
     reward: Literal["none", "screen_score", "game_api"] = opt(
         "none",
-        "screen: where rewards and episode ends come from; this version has none (reward 0, episodes end at "
-        "env.max_episode_steps); screen_score and game_api are planned",
+        "screen: where rewards come from: none (reward 0), screen_score (the change of the score read from "
+        "env.score_region with digit templates from `rayapp calibrate-score`), or game_api (a game mod's JSON "
+        "lines over TCP at env.game_api_address: reward, done and extras)",
     )
+    score_region: list[int] = opt(
+        [],
+        "screen_score: [left, top, width, height] of the score digits in the captured frame's pixels (after env.frame_size)",
+    )
+    score_templates: str = opt(
+        "",
+        "screen_score: path of the digit templates `rayapp calibrate-score` wrote; empty: <config-stem>.score.npz next to --config",
+        path=True,
+    )
+    score_max_distance: float = opt(
+        0.15,
+        "screen_score: a glyph is a digit when at most this fraction of its pixels differ from the digit's template",
+    )
+    game_api_address: str = opt(
+        "127.0.0.1:7777",
+        "game_api: host:port where the game mod serves JSON lines (rayapp.envs.screen.game_api)",
+    )
+    game_api_timeout_s: float = opt(
+        2.0, "game_api: seconds to wait for the connection and for each answer before the step fails"
+    )
+    game_over_template: str = opt(
+        "",
+        "screen: path of a PNG of what env.game_over_region shows at game over; the episode ends when it appears (empty: off)",
+        path=True,
+    )
+    game_over_region: list[int] = opt(
+        [],
+        "screen: [left, top, width, height] in the captured frame's pixels compared with env.game_over_template",
+    )
+    game_over_threshold: float = opt(
+        0.9,
+        "screen: the normalised correlation (-1..1) with env.game_over_template at which the episode ends",
+    )
+    time_limit_s: float = opt(0.0, "screen: seconds after a reset at which an episode is truncated (0: off)")
 
 
 @dataclass
@@ -71,7 +108,8 @@ class InputsConfig:
     """How an agent acts on a real game (rayapp.envs.inputs); the Atari path ignores it."""
 
     backend: Literal["none", "keyboard", "mouse", "gamepad"] = opt(
-        "none", "the input backend of a screen env: keyboard (XTEST / SendInput), mouse, or gamepad (vgamepad)"
+        "none",
+        "the input backend of a screen env: keyboard (XTEST / SendInput), mouse, or gamepad (vgamepad)",
     )
     keys: dict = opt(
         {},
@@ -84,7 +122,8 @@ class InputsConfig:
         "mouse: the command head (none, move, left_click, right_click, middle_click, left_hold, right_hold, scroll_up, scroll_down)",
     )
     mouse_grid: list[int] = opt(
-        [16, 9], "mouse: [cols, rows] of the x and y heads over the capture region (cells are aimed at their centre)"
+        [16, 9],
+        "mouse: [cols, rows] of the x and y heads over the capture region (cells are aimed at their centre)",
     )
     gamepad: Literal["x360", "ds4"] = opt("x360", "gamepad: the virtual pad, Xbox 360 or DualShock 4")
     gamepad_actions: dict = opt(
@@ -107,8 +146,12 @@ class ArcadeConfig:
     """`rayapp arcade`: an ALE game (env.game) in a window, played with the keyboard (inputs.keys)."""
 
     scale: int = opt(3, "window pixels per emulator pixel (3: a 480x630 window for Atari's 160x210 frames)")
-    fps: float = opt(60.0, "emulator frames per second: the Atari's own rate (NTSC, 60); the game runs at frameskip 1")
+    fps: float = opt(
+        60.0, "emulator frames per second: the Atari's own rate (NTSC, 60); the game runs at frameskip 1"
+    )
     sticky_actions: float = opt(
         0.0, "probability the emulator repeats the previous frame's action (0: a person's keys act at once)"
     )
-    frames: int = opt(0, "stop after this many frames (0: until the window is closed, Escape, Ctrl+C or SIGTERM)")
+    frames: int = opt(
+        0, "stop after this many frames (0: until the window is closed, Escape, Ctrl+C or SIGTERM)"
+    )

@@ -99,7 +99,13 @@ class Config:
             raise ConfigError(
                 "finetune.offline_updates/online_steps >= 0, finetune.batch_size/n_step >= 1, finetune.num_env_runners >= 0"
             )
-        if f.demo_capacity < 2 or f.buffer_size < 2 or f.priority_eps <= 0 or f.demo_priority_eps <= 0 or f.grad_clip < 0:
+        if (
+            f.demo_capacity < 2
+            or f.buffer_size < 2
+            or f.priority_eps <= 0
+            or f.demo_priority_eps <= 0
+            or f.grad_clip < 0
+        ):
             raise ConfigError(
                 "finetune.demo_capacity and finetune.buffer_size >= 2, finetune.priority_eps and demo_priority_eps > 0, "
                 "finetune.grad_clip >= 0"
@@ -142,7 +148,9 @@ class Config:
         needs = {"keyboard": ("keys", i.keys), "gamepad": ("gamepad_actions or inputs.gamepad_heads",
                  i.gamepad_actions or i.gamepad_heads)}  # fmt: skip
         if i.backend in needs and not needs[i.backend][1]:
-            raise ConfigError(f"inputs.backend={i.backend} needs inputs.{needs[i.backend][0]} (the action mapping)")
+            raise ConfigError(
+                f"inputs.backend={i.backend} needs inputs.{needs[i.backend][0]} (the action mapping)"
+            )
         if len(i.mouse_grid) != 2 or min(i.mouse_grid) < 1:
             raise ConfigError(f"inputs.mouse_grid must be [cols, rows] >= 1, got {i.mouse_grid}")
         d = self.data
@@ -170,18 +178,34 @@ class Config:
         if len(e.frame_size) != 2 or min(e.frame_size) < 0 or (0 in e.frame_size and max(e.frame_size) > 0):
             raise ConfigError(f"env.frame_size must be [height, width] > 0, or [0, 0], got {e.frame_size}")
         if e.region and (len(e.region) != 4 or min(e.region[2:]) < 1):
-            raise ConfigError(f"env.region must be [left, top, width, height] with width, height >= 1, got {e.region}")
+            raise ConfigError(
+                f"env.region must be [left, top, width, height] with width, height >= 1, got {e.region}"
+            )
         if e.monitor < 0:
             raise ConfigError(f"env.monitor must be >= 0 (0: all monitors), got {e.monitor}")
+        for key in ("score_region", "game_over_region"):
+            r = getattr(e, key)
+            if r and (len(r) != 4 or min(r[:2]) < 0 or min(r[2:]) < 1):
+                raise ConfigError(
+                    f"env.{key} must be [left, top, width, height] with width, height >= 1, got {r}"
+                )
+        if e.game_api_timeout_s <= 0 or e.time_limit_s < 0 or not 0 <= e.score_max_distance <= 1:
+            raise ConfigError(
+                "env.game_api_timeout_s must be > 0, env.time_limit_s >= 0, env.score_max_distance in [0, 1]"
+            )
         if e.backend == "screen":
             if e.capture == "region" and not e.region:
                 raise ConfigError("env.capture=region needs env.region: [left, top, width, height]")
             if e.capture == "window" and not e.window_title.strip():
-                raise ConfigError("env.capture=window needs env.window_title (e.g. 'rayapp arcade: Breakout')")
+                raise ConfigError(
+                    "env.capture=window needs env.window_title (e.g. 'rayapp arcade: Breakout')"
+                )
             if self.finetune.envs_per_env_runner != 1:
                 raise ConfigError(
                     f"env.backend=screen: one screen is one env, but finetune.envs_per_env_runner is "
                     f"{self.finetune.envs_per_env_runner}: set it to 1 (one env runner per game PC)"
                 )
         if a.scale < 1 or a.fps <= 0 or a.frames < 0 or not 0.0 <= a.sticky_actions <= 1.0:
-            raise ConfigError("arcade.scale >= 1, arcade.fps > 0, arcade.frames >= 0, arcade.sticky_actions in [0, 1]")
+            raise ConfigError(
+                "arcade.scale >= 1, arcade.fps > 0, arcade.frames >= 0, arcade.sticky_actions in [0, 1]"
+            )

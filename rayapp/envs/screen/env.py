@@ -7,6 +7,10 @@ on recordings plays live without conversion. `info` says how late the step met i
 (`late_ms`), the frames dropped so far this episode (`dropped_frames`: boundaries passed while the
 agent was busy), the boundary's number (`frame_index`) and the reward source's extras.
 
+Reward and episode end come from `env.reward` (rayapp.envs.screen.rewards: the score read from the
+screen, a game mod's API, or none) and `env.game_over_template`; episodes are truncated at
+`env.max_episode_steps` steps and `env.time_limit_s` seconds.
+
 Inputs are released on `close()`, at every reset, at every episode end, and on any exception
 inside `step` or `reset` (the input backends also release on process exit and, after
 `release_on_signals()`, on SIGTERM/SIGHUP).
@@ -72,7 +76,7 @@ class ScreenEnv(gym.Env):
         shape = self.stacker.shape if self.stacker is not None else self.raw_shape
         self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
         self.last_frame: np.ndarray | None = None
-        self.steps = 0
+        self.steps, self.started = 0, time.monotonic()
 
     # ---- gymnasium -----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -89,10 +93,12 @@ class ScreenEnv(gym.Env):
             self._release()
             raise
         self.steps = 0
+        self.started = time.monotonic()
         self.last_frame = frame
         obs = self.stacker.reset(frame) if self.stacker is not None else frame
-        return obs, {"late_ms": 0.0, "dropped_frames": 0, "frame_index": 0, "frame_time": time.time(),
-                     "reward_source": self.reward_source.name, **extras}  # fmt: skip
+        # ours win over a source's keys
+        return obs, {**extras, "late_ms": 0.0, "dropped_frames": 0, "frame_index": 0, "frame_time": time.time(),
+                     "reward_source": self.reward_source.name}  # fmt: skip
 
     def step(self, action):
         try:
@@ -107,16 +113,19 @@ class ScreenEnv(gym.Env):
             raise
         self.steps += 1
         self.last_frame = frame
-        truncated = self.steps >= self.cfg.max_episode_steps
+        limit = self.cfg.time_limit_s
+        truncated = self.steps >= self.cfg.max_episode_steps or bool(
+            limit and time.monotonic() - self.started >= limit
+        )
         if reading.terminated or truncated:
             self._release()  # nothing stays pressed while the owner resets or stops
         info = {
+            **reading.info,  # ours win over a source's keys
             "late_ms": tick.late_ms,
             "dropped_frames": self.clock.dropped,
             "frame_index": tick.index,
             "frame_time": t,
             "reward_source": self.reward_source.name,
-            **reading.info,
         }
         return obs, float(reading.reward), bool(reading.terminated), truncated, info
 
