@@ -14,7 +14,10 @@ import ctypes
 import sys
 from typing import Any
 
+from rayapp.envs.inputs.factory import _mapping
+from rayapp.envs.inputs.gamepad import dead_zones_from_config
 from rayapp.envs.inputs.keys import Key, KeyMapping
+from rayapp.envs.inputs.pad_read import PadReader, open_pad_state
 from rayapp.envs.inputs.x11 import open_display
 from rayapp.errors import ConfigError, InputDeviceError
 
@@ -92,8 +95,6 @@ class KeyReader:
 
 def make_input_reader(cfg, display: str | None = None, state: Any = None):
     """The reader of `cfg.backend`'s inputs (an InputsConfig); `state` replaces the device (tests)."""
-    from rayapp.envs.inputs.factory import _mapping
-
     if cfg.backend == "keyboard":
         mapping = _mapping(cfg)  # unknown key names fail here, before any device opens
         keys = list({k.name: k for i in range(len(mapping)) for k in mapping.keys(i)}.values())
@@ -101,9 +102,6 @@ def make_input_reader(cfg, display: str | None = None, state: Any = None):
             state = Win32KeyState(keys) if sys.platform == "win32" else X11KeyState(keys, display)
         return KeyReader(mapping, state)
     if cfg.backend == "gamepad":
-        from rayapp.envs.inputs.gamepad import dead_zones_from_config
-        from rayapp.envs.inputs.pad_read import PadReader, open_pad_state
-
         mapping = _mapping(cfg)
         return PadReader(mapping, dead_zones_from_config(cfg.dead_zones), state or open_pad_state())
     raise ConfigError(
