@@ -65,8 +65,8 @@ def test_the_keyboard_reader_reads_the_configured_mapping_and_refuses_unknown_ke
     bad = load_config(None, ["inputs.backend=keyboard", "inputs.keys={NOOP: [], JUMP: [spacebar]}"])
     with pytest.raises(ConfigError, match="unknown key name 'spacebar'"):
         make_input_reader(bad.inputs, state=FakeKeys())
-    with pytest.raises(ConfigError, match="keyboard or gamepad"):
-        make_input_reader(load_config(None, ["inputs.backend=mouse"]).inputs, state=FakeKeys())
+    with pytest.raises(ConfigError, match="keyboard, mouse or gamepad"):
+        make_input_reader(load_config(None, ["inputs.backend=none"]).inputs, state=FakeKeys())
 
 
 def test_windows_virtual_keys_come_from_the_scan_codes():
@@ -145,3 +145,45 @@ def test_an_xinput_report_becomes_a_pad_state_and_the_reader_maps_it():
     reader = make_input_reader(cfg.inputs, state=Pad())
     assert isinstance(reader, PadReader)
     assert reader.read() == 1 and reader.last == ("a", "dpad_left")  # JUMP and GAS tie: the first
+
+
+CMDS = ["none", "move", "left_click", "right_click", "left_hold"]
+
+
+@pytest.mark.parametrize(
+    "buttons, before, moved, command",
+    [
+        (set(), set(), False, "none"),
+        (set(), set(), True, "move"),
+        ({"left"}, set(), True, "left_click"),  # just pressed: a click
+        ({"left"}, {"left"}, True, "left_hold"),  # still held: a hold (a drag)
+        ({"right"}, {"right"}, False, "right_click"),  # no right_hold in the mapping: its click
+        ({"middle"}, set(), False, "none"),  # a button the mapping lacks: as if not pressed
+    ],
+)
+def test_a_pointer_sample_is_the_mappings_mouse_command(buttons, before, moved, command):
+    from rayapp.envs.inputs.listen import mouse_command
+
+    assert CMDS[mouse_command(CMDS, buttons, before, moved)] == command
+
+
+def test_the_mouse_reader_gives_the_cell_over_the_capture_region_wherever_it_is():
+    samples = iter([(100, 50, set()), (179, 129, {"left"}), (500, 500, {"left"}), (110, 60, set())])
+
+    class Pointer:
+        def read(self):
+            return next(samples)
+
+        def close(self):
+            pass
+
+    region = [(100, 50, 80, 80)]
+    cfg = load_config(
+        None, ["inputs.backend=mouse", f"inputs.mouse_commands={CMDS}", "inputs.mouse_grid=[4, 4]"]
+    )
+    reader = make_input_reader(cfg.inputs, state=Pointer(), region=lambda: region[0])
+    assert reader.read() == [0, 0, 0]  # first sample: not moved
+    assert reader.read() == [2, 3, 3]  # bottom-right cell, left just pressed
+    assert reader.read() == [4, 3, 3]  # off the region: clipped to the grid; still held
+    region[0] = (0, 0, 400, 400)  # the window moved and grew
+    assert reader.read() == [1, 1, 0]

@@ -140,7 +140,7 @@ def test_recorded_actions_follow_the_keys_held(display, arcade, tmp_path):
     times, actions = ep.extras["time"], ep.actions
 
     # every row against the combination held at its time; rows within one frame after a press may show the one before
-    lags_frames, lags_ms = [], []
+    lags_frames, lags_ms, over = [], [], []
     for i, (t_before, t_after, a) in enumerate(log):
         t_end = log[i + 1][0] if i + 1 < len(log) else np.inf
         rows = np.nonzero((times > t_after) & (times < t_end))[0]
@@ -149,7 +149,11 @@ def test_recorded_actions_follow_the_keys_held(display, arcade, tmp_path):
         hit = np.nonzero(actions[rows] == a)[0]
         assert len(hit), f"the action {a} held from {t_after:.3f} was never recorded ({actions[rows]})"
         lags_frames.append(int(hit[0]))
-        lags_ms.append((times[rows[hit[0]]] - t_before) * 1000)
+        first = rows[hit[0]]
+        lags_ms.append((times[first] - t_before) * 1000)
+        # one frame period (two when the press landed just after a read), more only by frames the recorder dropped
+        if lags_ms[-1] > 1000 / fps * (2 + ep.extras["dropped"][max(first - 1, 0) : first + 1].sum()):
+            over.append((first, lags_ms[-1]))
         bad = rows[hit[0] :][actions[rows[hit[0] :]] != a]
         assert not len(bad), f"rows {bad} (times {times[bad] - t_after}) show {actions[bad]}, not {a}"
     dropped = int(ep.extras["dropped"].sum())
@@ -159,7 +163,7 @@ def test_recorded_actions_follow_the_keys_held(display, arcade, tmp_path):
           f"{dropped} dropped frames")  # fmt: skip
     assert len(lags_frames) >= 20
     assert max(lags_frames) <= 1
-    assert max(lags_ms) <= 1000 / fps * 2  # one frame, and one more if the recorder was late that frame
+    assert not over, over
 
 
 def test_a_recorder_killed_mid_episode_keeps_its_published_shards(display, arcade, tmp_path):
@@ -205,3 +209,73 @@ def test_bad_input_fails_in_one_line(display, tmp_path, case, overrides, env_dis
     assert rc != 0 and len(lines) == 1 and lines[0].startswith("rayapp record: error:"), (case, err)
     assert words in lines[0], lines[0]
     assert not (tmp_path / "data" / "dataset.json").exists()  # nothing touched
+
+
+def test_the_x_server_readers_see_xtest_keys_and_the_pointer(display):
+    from rayapp.envs.inputs import KEYS
+    from rayapp.envs.inputs.listen import X11KeyState, X11Pointer
+    from rayapp.envs.inputs.x11 import XTestSink
+
+    sink, keys, pointer = XTestSink(), X11KeyState([KEYS["left"], KEYS["space"]]), X11Pointer()
+    try:
+        assert keys.held() == set()
+        sink.key(KEYS["left"], True)
+        sink.key(KEYS["a"], True)  # a key no mapping uses: not read
+        sink.move(300, 200)
+        sink.button("left", True)
+        sink.flush()
+        assert keys.held() == {"left"} and pointer.read() == (300, 200, {"left"})
+    finally:
+        for k in ("left", "a"):
+            sink.key(KEYS[k], False)
+        sink.button("left", False)
+        sink.flush()
+        sink.close()
+        keys.close()
+        pointer.close()
+    assert keys_held_now(display) == []
+
+
+def keys_held_now(name: str) -> list[int]:
+    from Xlib import display as xdisplay
+
+    d = xdisplay.Display(name)
+    try:
+        return [i * 8 + b for i, byte in enumerate(d.query_keymap()) for b in range(8) if byte >> b & 1]
+    finally:
+        d.close()
+
+
+def test_recording_the_mouse_stores_command_and_cell(display, tmp_path):
+    """The pointer held in one cell with the left button down: every row is (left_hold, that cell)
+    after the first (a click: the button was just pressed)."""
+    from rayapp.config import load_config
+    from rayapp.envs.inputs.x11 import XTestSink
+    from rayapp.record_screen import record_screen
+
+    cfg = load_config(None, [
+        "record.source=screen", "env.capture=monitor", "env.frame_size=[72, 128]", "env.fps=30", "record.steps=20",
+        "inputs.backend=mouse", "inputs.mouse_commands=[none, move, left_click, left_hold]", "inputs.mouse_grid=[16, 9]",
+        f"data.uri={tmp_path / 'data'}", f"run.dir={tmp_path / 'run'}",
+    ])  # fmt: skip
+    sink = XTestSink()
+    try:
+        sink.move(1000, 100)  # 1280x720: cell (12, 1)
+        sink.flush()
+        time.sleep(0.05)
+        sink.button("left", True)
+        sink.flush()
+        summary = record_screen(cfg, show_progress=False)
+    finally:
+        sink.button("left", False)
+        sink.flush()
+        sink.close()
+    assert summary.steps == 20 and inspect_dataset(str(tmp_path / "data")).ok
+    ds = ReplayDataset(str(tmp_path / "data"))
+    assert [(c.name, c.n) for c in ds.info.actions] == [("command", 4), ("x", 16), ("y", 9)]
+    (ep,) = list(ds.iter_episodes(decode=False))
+    assert (
+        ep.actions.shape == (20, 3)
+        and ep.actions[0].tolist() == [2, 12, 1]
+        and (ep.actions[1:] == [3, 12, 1]).all()
+    )
