@@ -279,3 +279,33 @@ def test_recording_the_mouse_stores_command_and_cell(display, tmp_path):
         and ep.actions[0].tolist() == [2, 12, 1]
         and (ep.actions[1:] == [3, 12, 1]).all()
     )
+
+
+def test_a_key_tapped_between_two_samples_counts_once(display):
+    """The RECORD extension latches presses: a tap released before the next read is still read, once."""
+    from rayapp.envs.inputs import KEYS
+    from rayapp.envs.inputs.listen import X11KeyState
+    from rayapp.envs.inputs.x11 import XTestSink
+
+    sink, keys = XTestSink(), X11KeyState([KEYS["left"], KEYS["space"]])
+    try:
+        assert keys.latch is not None, "Xvfb has RECORD"
+        assert keys.held() == set()
+        sink.key(KEYS["space"], True)
+        sink.flush()
+        sink.key(KEYS["space"], False)
+        sink.flush()
+        deadline = time.monotonic() + 2
+        while keys.latch.events == 0 and time.monotonic() < deadline:  # the listener thread's event
+            time.sleep(0.005)
+        assert keys.held() == {"space"}  # released already, still read
+        assert keys.held() == set()  # and only once
+        no_taps = X11KeyState([KEYS["space"]], taps=False)
+        sink.key(KEYS["space"], True)
+        sink.key(KEYS["space"], False)
+        sink.flush()
+        assert no_taps.held() == set()  # the state alone misses it
+        no_taps.close()
+    finally:
+        sink.close()
+        keys.close()

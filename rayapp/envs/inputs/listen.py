@@ -4,9 +4,10 @@ play. Nothing is ever sent or pressed.
 
 The keyboard is read as state, at the moment the recorder samples a frame: the X server's key map
 (X11 `QueryKeymap`, python-xlib; it holds what real keyboards and XTEST have pressed, whatever
-window has the focus) on Linux, `GetAsyncKeyState` on Windows. A key pressed and released between
-two samples (shorter than one frame period) is not seen; a held key is seen at the next sample, so
-the recorded action lags the person's by at most one frame.
+window has the focus) plus, through the RECORD extension, the keys pressed since the last sample
+(a tap shorter than a frame counts once) on Linux; `GetAsyncKeyState` on Windows (a tap shorter
+than a frame is not seen there). A held key is seen at the next sample, so the recorded action
+lags the person's by at most one frame.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rayapp.envs.inputs.keys import Key, KeyMapping
 from rayapp.envs.inputs.mouse_grid import MouseGrid
 from rayapp.envs.inputs.pad_read import PadReader, open_pad_state
 from rayapp.envs.inputs.x11 import open_display
+from rayapp.envs.inputs.x11_record import KeyPressLatch
 from rayapp.errors import ConfigError, InputDeviceError
 
 __all__ = [
@@ -39,9 +41,10 @@ MAPVK_VSC_TO_VK_EX = 3
 
 
 class X11KeyState:
-    """The X server's held keys (one QueryKeymap round trip per read)."""
+    """The X server's held keys (one QueryKeymap round trip per read) and, with `taps` (the RECORD
+    extension, x11_record.py), the keys pressed since the last read even if already released."""
 
-    def __init__(self, keys: list[Key], display: str | None = None):
+    def __init__(self, keys: list[Key], display: str | None = None, taps: bool = True):
         from Xlib import XK
 
         self.display = open_display(display)
@@ -52,13 +55,19 @@ class X11KeyState:
                 self.display.close()
                 raise InputDeviceError(f"key {k.name!r} ({k.keysym}) is not on this X server's keyboard map")
             self._codes[code] = k.name
+        self.latch = KeyPressLatch(self._codes, display) if taps else None
+        if self.latch is not None and not self.latch.start():
+            self.latch = None
 
     def held(self) -> set[str]:
         keymap = self.display.query_keymap()
-        return {n for c, n in self._codes.items() if keymap[c >> 3] >> (c & 7) & 1}
+        now = {n for c, n in self._codes.items() if keymap[c >> 3] >> (c & 7) & 1}
+        return now | self.latch.take() if self.latch is not None else now
 
     def close(self) -> None:
         try:
+            if self.latch is not None:
+                self.latch.close()
             self.display.close()
         except Exception:
             pass
