@@ -309,3 +309,17 @@ def test_a_key_tapped_between_two_samples_counts_once(display):
     finally:
         sink.close()
         keys.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stop_cleanly_keeping_every_row(display, arcade, tmp_path, sig):
+    rec = Recorder(display, tmp_path, "env.fps=30", "record.episodes=1000")
+    assert rec.started.wait(60), "".join(rec.err)
+    time.sleep(1.0)
+    rec.proc.send_signal(sig)
+    rc, out, err = rec.wait()
+    assert rc == 0, err
+    assert f"stopped by {signal.Signals(sig).name}" in out
+    (ep,) = list(ReplayDataset(rec.uri).iter_episodes(decode=False))
+    assert ep.length >= 25 and ep.truncated[-1] and not ep.truncated[:-1].any()
+    assert f"recorded 1 episodes, {ep.length:,} steps" in out
