@@ -130,10 +130,9 @@ def record_screen(cfg: Config, show_progress: bool = True) -> ScreenRecordSummar
     reader = capture = writer = None
     try:
         where = lambda: capture.rect.as_tuple()  # noqa: E731 - the mouse grid covers the capture, wherever it is
-        reader = make_input_reader(
-            cfg.inputs, e.display or None, region=where
-        )  # unknown key names, then no display
-        capture = ScreenCapture(e)  # no such window: fails here, before any data is touched
+        # unknown key names fail first, then no display, then no such window; before any data is touched
+        reader = make_input_reader(cfg.inputs, e.display or None, region=where)
+        capture = ScreenCapture(e)
         info = create_dataset(loc, screen_dataset_info(cfg, reader, capture.frame_shape, session), r.append)
         save_resolved_config(cfg, "record")
         writer = ReplayWriter(
@@ -203,10 +202,8 @@ class _Loop:
         index, late, dropped, steps, self.score, ep_dropped = 0, 0.0, 0, 0, 0.0, 0
         while True:
             tick = clock.wait()
-            next_action, next_t = (
-                self.reader.read(),
-                time.time(),
-            )  # the inputs held at the boundary, then its frame
+            next_action = self.reader.read()  # the inputs held at the boundary, then its frame
+            next_t = time.time()
             next_frame = cap.grab()
             reading = self.reward.step(next_frame)
             self.score = float(reading.info.get("score", self.score + reading.reward))
@@ -225,14 +222,8 @@ class _Loop:
             ep_dropped += tick.dropped
             if reading.terminated or truncated:
                 break
-            frame, action, t, index, late, dropped = (
-                next_frame,
-                next_action,
-                next_t,
-                tick.index,
-                tick.late_ms,
-                tick.dropped,
-            )
+            frame, action, t = next_frame, next_action, next_t
+            index, late, dropped = tick.index, tick.late_ms, tick.dropped
         self.finished[eid] = {"episode_id": eid, "score": self.score, "steps": steps,
                               "terminated": bool(reading.terminated), "dropped": ep_dropped}  # fmt: skip
         shards_before = len(w.shards)
