@@ -25,6 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from rayapp.config import Config, config_to_dict
 from rayapp.envs.atari import game_name
 from rayapp.envs.inputs.listen import make_input_reader
@@ -139,6 +141,9 @@ def record_screen(cfg: Config, show_progress: bool = True) -> ScreenRecordSummar
             loc, info, f"{session}-h0", shard_mb=r.shard_mb, shard_steps=r.shard_steps, max_shard_mb=r.max_shard_mb,
             row_group_rows=r.row_group_rows, row_group_mb=min(r.row_group_mb, SCREEN_ROW_GROUP_MB), compression_level=r.compression_level,
         )  # fmt: skip
+        pa.array(
+            [b""], type=pa.binary()
+        )  # pyarrow imports pandas at its first array (0.3 s): not in the frame loop
         summary = ScreenRecordSummary(loc.uri, session)
         _Loop(cfg, reader, capture, reward, writer, summary, show_progress).run()
         return summary
