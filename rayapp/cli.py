@@ -42,6 +42,11 @@ def command(name: str) -> Callable:
 
 @command("record")
 def _record(cfg: Config, args: argparse.Namespace) -> int:
+    if cfg.record.source == "screen":  # a person at the screen: this process, no Ray
+        from rayapp.record_screen import record_screen
+
+        print(record_screen(cfg).line())
+        return 0
     from rayapp.record import record
 
     summary = record(cfg)
@@ -170,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"rayapp {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("record", parents=[common], help="record episodes from a game into data.uri")
+    rec = sub.add_parser(
+        "record",
+        parents=[common],
+        help="record episodes into data.uri: collectors on the emulator, or a person at the screen (--source screen)",
+    )
+    rec.add_argument("--source", choices=["atari", "screen"], help="short for --set record.source=SOURCE")
 
     ins = sub.add_parser("inspect", parents=[common], help="summarise and validate a dataset")
     ins.add_argument("uri", nargs="?", help="dataset URI (default: data.uri)")
@@ -256,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rayapp.envs.screen.calibrate import default_templates_path
 
             cfg.env.score_templates = default_templates_path(args.config)
+        if getattr(args, "source", None):
+            set_key(cfg, "record.source", args.source, "--source")
         if args.command in RAY_COMMANDS:
             console.start(args.command, cfg.run.dir, debug=args.debug)
         return COMMANDS[args.command](cfg, args)

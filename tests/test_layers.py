@@ -31,7 +31,8 @@ LAYERS: list[list[str]] = [
     # inputs: keyboard/mouse/gamepad backends; screen: ScreenEnv, capture, windows (hardware imported lazily)
     ["rayapp.envs", "rayapp.envs.inputs", "rayapp.envs.screen"],
     ["rayapp.data"],
-    ["rayapp.record", "rayapp.train", "rayapp.rl", "rayapp.evaluate"],  # the stages: peers, never each other
+    # the stages: peers, never each other (record_screen: `rayapp record --source screen`, a person at the screen)
+    ["rayapp.record", "rayapp.record_screen", "rayapp.train", "rayapp.rl", "rayapp.evaluate"],
     ["rayapp.report", "rayapp.tune", "rayapp.pipeline"],
     ["rayapp.play", "rayapp.cli"],  # play: the live player and `rayapp arcade` (pygame imported lazily)
 ]
@@ -40,7 +41,7 @@ STAGES = set(LAYERS[5])
 DISPATCHERS = {"rayapp.cli", "rayapp.pipeline", "rayapp.tune.sweep"}
 # third-party packages that may be imported inside functions: heavy to import, or hardware
 HEAVY = {"ray", "torch", "matplotlib", "imageio", "tensorboard", "mss", "Xlib", "vgamepad", "pynput",
-         "evdev", "pygame", "ale_py", "boto3", "moto", "av", "vector_quantize_pytorch"}  # fmt: skip
+         "evdev", "libevdev", "pygame", "ale_py", "boto3", "moto", "av", "vector_quantize_pytorch"}  # fmt: skip
 
 
 def _modules() -> dict[str, ast.Module]:

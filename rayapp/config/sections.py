@@ -107,6 +107,12 @@ class DataConfig:
 
 @dataclass
 class RecordConfig:
+    source: Literal["atari", "screen"] = opt(
+        "atari",
+        "atari: collectors play the emulator (record.policy); screen: a person plays the game on the screen "
+        "(env.capture...) and their held inputs (inputs.keys or the gamepad mapping) are recorded as the actions, "
+        "at env.fps, in this process; record.episodes/steps stop it, or Ctrl+C",
+    )
     policy: Literal["teacher", "random", "noisy_teacher", "checkpoint"] = opt(
         "teacher",
         "who plays: the scripted teacher (reads the emulator's RAM), random, the teacher with epsilon noise, or a trained checkpoint",

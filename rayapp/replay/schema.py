@@ -46,6 +46,8 @@ EXTRA_TYPES: dict[str, pa.DataType] = {
     "frame": pa.int32(),  # emulator frame number within the episode
     "time": pa.float64(),  # unix time of the step, seconds
     "teacher_action": pa.int32(),  # what the teacher wanted when noise chose another action
+    "dropped": pa.int16(),  # screen: frame boundaries missed just before this step (the recorder was late)
+    "late_ms": pa.float32(),  # screen: how long after its frame boundary this step was captured
 }
 
 

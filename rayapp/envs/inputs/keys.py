@@ -142,3 +142,15 @@ class KeyMapping:
             if {k.name for k in keys} == want:
                 return i
         return None
+
+    def held_action(self, held: set[str] | frozenset[str] | list[str]) -> int:
+        """The action the keys `held` (key names) play, by `rayapp arcade`'s rule: of the actions whose
+        keys are all held, the one with the most keys (the first on ties); none of them: the first
+        action without keys (NOOP), else action 0. How a recorder turns a person's keys into the
+        model's action space; keys no action uses are ignored."""
+        names = {key(k).name for k in held}
+        full = [i for i, keys in enumerate(self._keys) if keys and all(k.name in names for k in keys)]
+        if full:
+            return max(full, key=lambda i: (len(self._keys[i]), -i))
+        idle = [i for i, keys in enumerate(self._keys) if not keys]
+        return idle[0] if idle else 0
