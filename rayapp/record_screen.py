@@ -8,9 +8,12 @@ configured mapping (inputs.keys: `rayapp arcade`'s rule, the most keys win), and
 episode end the reward source (`env.reward`) reads from the frame of boundary k + 1; so it is the
 Atari recorder's contract (rayapp.replay), in the model's own action space. Extras: the score,
 lives (when the source reads them), the boundary's number (`frame`), unix `time`, `dropped`
-(boundaries missed just before the row: the machine could not keep up) and `late_ms`.
+(boundaries missed just before the row: the machine could not keep up), `late_ms`, and
+`reward_info`: the reward source's other extras as JSON text (a game mod's speed and position,
+screen_score's `reward_error`).
 
-Episodes end where the reward source says, at `env.max_episode_steps` (truncated), or when the
+Episodes end where the reward source says, at `env.max_episode_steps` or `env.time_limit_s`
+(truncated), or when the
 recording stops: `record.episodes` / `record.steps` reached, Ctrl+C, SIGTERM or SIGHUP (the last
 row is then truncated). Shards are the same `ReplayWriter` shards: a recorder killed at any point
 loses at most the shard in progress.
@@ -43,7 +46,9 @@ from rayapp.storage import resolve
 
 __all__ = ["SCREEN_EXTRAS", "ScreenRecordSummary", "record_screen", "screen_dataset_info"]
 
-SCREEN_EXTRAS = ("score", "lives", "frame", "time", "dropped", "late_ms")
+SCREEN_EXTRAS = ("score", "lives", "frame", "time", "dropped", "late_ms", "reward_info")
+# the reward source's extras that have their own column (or none: they are the step's own outputs)
+_OWN_COLUMNS = ("score", "lives")
 # A row group is handed to the writer's thread from inside the frame loop, and building it costs the
 # loop time in proportion to its size: measured here, 0.8 s at record.row_group_mb=64 (665 raw
 # 210x160 frames: 22 dropped frames at 30 fps), under 9 ms at 4 MB. So the screen recorder caps it.
@@ -205,6 +210,7 @@ class _Loop:
         frame = cap.grab()
         self.reward.reset(frame)
         index, late, dropped, steps, self.score, ep_dropped = 0, 0.0, 0, 0, 0.0, 0
+        started, limit = time.monotonic(), cfg.env.time_limit_s
         while True:
             tick = clock.wait()
             next_action = self.reader.read()  # the inputs held at the boundary, then its frame
@@ -216,10 +222,12 @@ class _Loop:
             self.summary.steps += 1
             r = cfg.record
             truncated = (steps >= cfg.env.max_episode_steps or bool(stop.reason)
-                         or bool(r.steps and self.summary.steps >= r.steps))  # fmt: skip
+                         or bool(r.steps and self.summary.steps >= r.steps)
+                         or bool(limit and time.monotonic() - started >= limit))  # fmt: skip
+            extra = {k: v for k, v in reading.info.items() if k not in _OWN_COLUMNS}
             w.add_step(frame, action, reading.reward, reading.terminated, truncated and not reading.terminated,
                        score=self.score, lives=reading.info.get("lives"), frame=index, time=t, dropped=dropped,
-                       late_ms=late)  # fmt: skip
+                       late_ms=late, reward_info=extra or None)  # fmt: skip
             if self.bar:
                 self.bar.update(1, episodes=len(self.summary.episodes) + len(self.finished),
                                 dropped=self.summary.dropped + tick.dropped, score=f"{self.score:g}")  # fmt: skip

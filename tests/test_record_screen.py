@@ -323,3 +323,42 @@ def test_ctrl_c_or_sigterm_stop_cleanly_keeping_every_row(display, arcade, tmp_p
     (ep,) = list(ReplayDataset(rec.uri).iter_episodes(decode=False))
     assert ep.length >= 25 and ep.truncated[-1] and not ep.truncated[:-1].any()
     assert f"recorded 1 episodes, {ep.length:,} steps" in out
+
+
+def test_a_game_mods_state_and_episode_ends_go_into_the_replay(display, tmp_path):
+    """env.reward=game_api: the mod's rewards and `done` end the rows' episodes, and its other keys
+    (speed, position) are stored in each row's `reward_info`, the state after that row's action;
+    env.time_limit_s truncates an episode the mod never ends."""
+    import json
+
+    from rayapp.config import load_config
+    from rayapp.envs.screen.fake_game_api import FakeGameApi, default_script
+    from rayapp.record_screen import record_screen
+
+    def cfg(*extra: str):
+        return load_config(None, [
+            "record.source=screen", "env.capture=monitor", "env.frame_size=[72, 128]", "env.fps=30",
+            "inputs.backend=keyboard", "inputs.keys={NOOP: [], FIRE: [space]}",
+            f"data.uri={tmp_path / 'data'}", f"run.dir={tmp_path / 'run'}", *extra,
+        ])  # fmt: skip
+
+    mod = FakeGameApi(default_script(reward_every=3, episode_steps=12))
+    try:
+        summary = record_screen(cfg("env.reward=game_api", f"env.game_api_address={mod.address}",
+                                    "record.episodes=2"), show_progress=False)  # fmt: skip
+    finally:
+        mod.close()
+    assert summary.steps == 24 and inspect_dataset(str(tmp_path / "data")).ok
+    eps = list(ReplayDataset(str(tmp_path / "data")).iter_episodes(decode=False))
+    assert len(eps) == 2
+    for ep in eps:
+        assert len(ep.actions) == 12 and ep.terminated[-1] and not ep.terminated[:-1].any()
+        assert ep.rewards.tolist() == [1.0 if n % 3 == 0 else 0.0 for n in range(1, 13)]
+        states = [json.loads(x) for x in ep.extras["reward_info"]]
+        assert states == [{"speed": 0.5 * n, "position": [float(n), 2.0 * n, 0.0]} for n in range(1, 13)]
+
+    # no reward source ends it: the time limit does, well before env.max_episode_steps
+    summary = record_screen(cfg("data.uri=" + str(tmp_path / "limited"), "env.time_limit_s=0.5",
+                                "record.episodes=1"), show_progress=False)  # fmt: skip
+    (ep,) = list(ReplayDataset(str(tmp_path / "limited")).iter_episodes(decode=False))
+    assert ep.truncated[-1] and not ep.terminated.any() and 2 <= len(ep.actions) <= 17, len(ep.actions)

@@ -48,6 +48,9 @@ EXTRA_TYPES: dict[str, pa.DataType] = {
     "teacher_action": pa.int32(),  # what the teacher wanted when noise chose another action
     "dropped": pa.int16(),  # screen: frame boundaries missed just before this step (the recorder was late)
     "late_ms": pa.float32(),  # screen: how long after its frame boundary this step was captured
+    # screen: the reward source's other extras for this step as JSON text (a game mod's state such as
+    # speed and position; screen_score's reward_error), e.g. '{"speed": 12.5, "position": [3, 1, 0]}'
+    "reward_info": pa.string(),
 }
 
 

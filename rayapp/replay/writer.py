@@ -12,6 +12,7 @@ makes nothing visible, and a step the writer refuses (a bad action, frame or ext
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -336,4 +337,15 @@ def _converter(name: str, typ: pa.DataType) -> Callable[[Any], Any]:
             return i
 
         return to_int
+    if pa.types.is_string(typ):
+
+        def to_text(v: Any) -> str | None:
+            if v is None or isinstance(v, str):
+                return v
+            try:  # a mapping or list becomes its JSON text
+                return json.dumps(v, sort_keys=True, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise ReplayFormatError(f"{name} {v!r} is not JSON-serialisable: {e}") from None
+
+        return to_text
     return lambda v: None if v is None else _to_float(name, v)
