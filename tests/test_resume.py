@@ -315,3 +315,33 @@ def test_a_killed_policy_export_leaves_no_half_written_policy(tmp_path):
     shutil.copy(folder / policies[0] / "model.safetensors", half / "model.safetensors")
     with pytest.raises(RayappError, match="no checkpoint at"):
         resolve_checkpoint(str(half))
+
+
+def test_the_next_export_of_a_policy_removes_what_a_killed_one_left(tmp_path):
+    """A kill between writing aside and renaming leaves `_tmp-<hex>-<name>` (and, mid-replace,
+    `_old-<hex>-<name>`): the next export of that name removes them; other names' are left alone."""
+    from rayapp.frames import FrameSpec
+    from rayapp.models import ModelSpec, build_model, load_policy, save_policy
+
+    folder = tmp_path / "policies"
+    spec = ModelSpec((4, 84, 84), (("action", 4),))
+    net = build_model(spec)
+    for left in (
+        "_tmp-0123abcd-final-00000001",
+        "_old-89abcdef-final-00000001",
+        "_tmp-0123abcd-final-00000002",
+    ):
+        (folder / left).mkdir(parents=True)
+        (folder / left / "model.safetensors").write_bytes(b"half")
+    save_policy(
+        str(folder / "final-00000001"),
+        net,
+        spec,
+        FrameSpec(),
+        {"game": "Breakout"},
+        {},
+        {"i": 1},
+        replace=True,
+    )
+    assert sorted(os.listdir(folder)) == ["_tmp-0123abcd-final-00000002", "final-00000001"]
+    assert load_policy(str(folder / "final-00000001")).meta["i"] == 1

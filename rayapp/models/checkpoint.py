@@ -111,6 +111,7 @@ def replace_checkpoint(folder: str, header: dict[str, Any], state: dict[str, tor
         delete(loc.join(POLICY_FILE))
         return write_checkpoint(folder, header, state)
     parent, name = os.path.split(loc.path)
+    _remove_leftovers(parent, name)
     tmp = os.path.join(parent, f"_tmp-{uuid.uuid4().hex[:8]}-{name}")
     write_checkpoint(tmp, header, state)
     if os.path.exists(loc.path):
@@ -121,6 +122,18 @@ def replace_checkpoint(folder: str, header: dict[str, Any], state: dict[str, tor
     else:
         os.rename(tmp, loc.path)
     return loc.uri
+
+
+def _remove_leftovers(parent: str, name: str) -> None:
+    """What an earlier export of this same folder left when it was killed mid-way: its temporary
+    (`_tmp-<8 hex>-<name>`) and replaced (`_old-<8 hex>-<name>`) siblings; never loaded, only disk."""
+    if not os.path.isdir(parent):
+        return
+    for entry in os.listdir(parent):
+        kind, _, rest = entry.partition("-")
+        tag, _, rest = rest.partition("-")
+        if kind in ("_tmp", "_old") and len(tag) == 8 and rest == name:
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
 def save_policy(
