@@ -140,7 +140,10 @@ def resolve(uri: str) -> Location:
 
 
 _NETWORK = re.compile(
-    r"NETWORK_CONNECTION|curlCode: (6|7|28)|Could not connect|Couldn't connect|Connection refused|timed out",
+    # unreachable (DNS, refused, timeout) or lost mid-request (reset, broken pipe, curl 52/55/56:
+    # an endpoint that died while a shard was going up)
+    r"NETWORK_CONNECTION|curlCode: (6|7|28|52|55|56)\b|Could not connect|Couldn't connect|Connection refused|timed out"
+    r"|Connection reset|Broken pipe|Empty reply from server",
     re.I,
 )
 _DENIED = re.compile(

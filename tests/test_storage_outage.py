@@ -272,3 +272,27 @@ def test_console_routes_worker_stderr_to_the_log_only(tmp_path):
     assert [d["lines"][0] for d in printed] == ["pretrain epoch 1/3", "pretrain epoch 1/3", "Traceback (most recent call last):"]  # fmt: skip
     text = open(path).read()
     assert text.count("(pid=2 err) Traceback") == 2 and text.count("late") == 2
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        "AWS Error NETWORK_CONNECTION during PutObject operation: curlCode: 56, Failure when receiving data from the peer",
+        "AWS Error UNKNOWN (HTTP status 0) during UploadPart operation: curlCode: 52, Server returned nothing (no headers, no status code, no data)",
+        "AWS Error UNKNOWN during CompleteMultipartUpload operation: Connection reset by peer",
+        "When uploading part for key 'x': [Errno 32] Broken pipe",
+    ],
+)
+def test_an_endpoint_lost_mid_request_is_named_as_unreachable_and_retried(monkeypatch, msg):
+    """An S3 server that dies while a shard is going up fails the request part-way (curl 52/55/56,
+    reset, broken pipe), not at connect: the same one line as an endpoint that cannot be reached,
+    and worth the same bounded retries."""
+    from rayapp.storage import explain, is_transient
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    err = OSError(msg)
+    line = explain("s3://b/x/shards/a.parquet", err)
+    assert line.startswith(
+        "s3://b/x/shards/a.parquet: cannot reach the S3 endpoint http://127.0.0.1:9; check AWS_ENDPOINT_URL"
+    ), line
+    assert is_transient(err)
