@@ -10,7 +10,8 @@
 3. Recording a person (`rayapp record --source screen`, in this process): 3,000 steps at 30 fps of
    the arcade window while a thread changes the held keys (XTEST) every 0.2 s; dropped frames,
    late_ms p99 from the dataset's extras, bytes per frame. Goal: no dropped frame.
-4. A BC policy plays (benchmarks/screen_bcplay.py; with --bc-run RUN_FOLDER_OR_CHECKPOINT): N
+4. A BC policy plays (benchmarks/screen_bcplay.py; with --bc-run RUN_FOLDER_OR_CHECKPOINT; its softmax,
+   or --bc-mode greedy): N
    episodes on the emulator (rayapp's evaluation path, the arcade's settings: sticky actions 0)
    and N through ScreenEnv against the arcade window in real time (configs/arcade-screen.yaml,
    15 fps, XTEST keyboard; score and episode end from the arcade's game API, `--game-api`), and a
@@ -203,8 +204,11 @@ def bc_part(display: str, args) -> dict:
 
     episodes = args.bc_episodes or (2 if args.quick else 10)
     max_steps = args.bc_max_steps or (150 if args.quick else 1000)
-    print(f"BC play: {episodes} episodes of <= {max_steps} steps per path, {args.bc_run}", flush=True)
-    r = bc_play(display, args.bc_run, episodes, max_steps, start_arcade, CONFIG)
+    print(
+        f"BC play ({args.bc_mode}): {episodes} episodes of <= {max_steps} steps per path, {args.bc_run}",
+        flush=True,
+    )
+    r = bc_play(display, args.bc_run, episodes, max_steps, start_arcade, CONFIG, args.bc_mode)
     print(f"BC play: emulator {r['emulator_mean']} +- {r['emulator_se']}, screen {r['screen_mean']} +- "
           f"{r['screen_se']} (ratio {r['ratio']}), random {r['random_mean']} +- {r['random_se']}; screen late "
           f"mean {r['screen_late_ms_mean']} ms, dropped {r['screen_dropped_mean']} per episode", flush=True)  # fmt: skip
@@ -224,6 +228,8 @@ def main() -> None:
         help="speed: parts 1-3; bcplay: part 4 (needs --bc-run); all: both (part 4 only with --bc-run)",
     )
     ap.add_argument("--bc-run", help="part 4: a run folder (its best checkpoint) or a BC checkpoint folder")
+    ap.add_argument("--bc-mode", choices=["sampled", "greedy"], default="sampled",
+                    help="part 4: how the policy acts (sampled: its softmax; greedy: argmax at eval.epsilon)")  # fmt: skip
     ap.add_argument(
         "--bc-episodes", type=int, default=0, help="part 4: episodes per path (default 10; --quick 2)"
     )

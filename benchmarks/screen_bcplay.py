@@ -1,6 +1,7 @@
 """Part 4 of benchmarks/screen.py: a BC policy plays the arcade window through ScreenEnv in real time.
 
-The same policy (greedy, at the checkpoint config's eval.epsilon) plays N episodes
+The same policy (--bc-mode: sampled, its softmax, by default; greedy at the checkpoint config's
+eval.epsilon; both are `rayapp evaluate`'s modes) plays N episodes
 
   (a) on the emulator, rayapp's own evaluation path (rayapp.envs.episodes.play_episodes, the
       evaluation seeds), with the arcade's emulator settings: ALE frameskip 4, sticky actions
@@ -26,7 +27,7 @@ from rayapp.config import load_config
 from rayapp.envs.episodes import play_episodes
 from rayapp.envs.screen import ScreenEnv
 from rayapp.envs.seeds import episode_seeds
-from rayapp.models.agent import Agent
+from rayapp.models.agent import Agent, mode_label
 from rayapp.models.checkpoint import load_policy, resolve_checkpoint
 
 __all__ = ["bc_play", "mean_se"]
@@ -44,10 +45,12 @@ def emulator_env(cfg, max_steps: int) -> dict:
             "max_episode_steps": max_steps, "full_action_space": False}  # fmt: skip
 
 
-def play_screen(cfg, checkpoint: str, episodes: int, epsilon: float, seed: int, log=print) -> list[dict]:
+def play_screen(
+    cfg, checkpoint: str, episodes: int, mode: str, epsilon: float, seed: int, log=print
+) -> list[dict]:
     """Episodes of the policy through ScreenEnv (cfg: arcade-screen.yaml with env.reward=game_api)."""
     env = ScreenEnv(cfg.env, cfg.inputs, load_policy(checkpoint).frames)
-    agent = Agent(checkpoint, "greedy", epsilon, seed=seed)
+    agent = Agent(checkpoint, mode, epsilon, seed=seed)
     out = []
     try:
         for i in range(episodes):
@@ -79,7 +82,14 @@ def play_screen(cfg, checkpoint: str, episodes: int, epsilon: float, seed: int, 
 
 
 def bc_play(
-    display: str, bc_run: str, episodes: int, max_steps: int, start_arcade, config: str, log=print
+    display: str,
+    bc_run: str,
+    episodes: int,
+    max_steps: int,
+    start_arcade,
+    config: str,
+    mode: str = "sampled",
+    log=print,
 ) -> dict:
     """The part's numbers; `start_arcade(display, *args)` starts `rayapp arcade` and waits for its window."""
     import socket
@@ -98,7 +108,7 @@ def bc_play(
     env_cfg = emulator_env(cfg, max_steps)
 
     t0 = time.perf_counter()
-    emu = play_episodes("policy", "greedy", seeds, env_cfg, checkpoint, ckpt.frames.to_json(), epsilon)
+    emu = play_episodes("policy", mode, seeds, env_cfg, checkpoint, ckpt.frames.to_json(), epsilon)
     log(f"  emulator: scores {[e['score'] for e in emu]}, steps {[e['steps'] for e in emu]} "
         f"({time.perf_counter() - t0:.1f} s)", flush=True)  # fmt: skip
     rnd = play_episodes("random", "greedy", seeds, env_cfg, None, None, 0.0)
@@ -107,14 +117,14 @@ def bc_play(
     arcade = start_arcade(display, "--game-api", address, "--set", f"env.max_episode_steps={max_steps}",
                           "--set", f"arcade.sticky_actions={cfg.arcade.sticky_actions}")  # fmt: skip
     try:
-        scr = play_screen(cfg, checkpoint, episodes, epsilon, run_seed, log)
+        scr = play_screen(cfg, checkpoint, episodes, mode, epsilon, run_seed, log)
     finally:
         arcade.terminate()
         arcade.wait(timeout=30)
     (em, ese), (sm, sse), (rm, rse) = (mean_se([e["score"] for e in x]) for x in (emu, scr, rnd))
     ratio = round(sm / em, 3) if em else None
     return {
-        "checkpoint": checkpoint, "mode": f"greedy (epsilon {epsilon:g})", "episodes": episodes,
+        "checkpoint": checkpoint, "mode": mode_label(ckpt, mode, epsilon), "episodes": episodes,
         "max_episode_steps": max_steps, "sticky_actions": float(cfg.arcade.sticky_actions),
         "emulator_mean": em, "emulator_se": ese, "emulator_steps_mean": float(np.mean([e["steps"] for e in emu])),
         "screen_mean": sm, "screen_se": sse, "screen_steps_mean": float(np.mean([e["steps"] for e in scr])),
