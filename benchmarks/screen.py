@@ -10,9 +10,19 @@
 3. Recording a person (`rayapp record --source screen`, in this process): 3,000 steps at 30 fps of
    the arcade window while a thread changes the held keys (XTEST) every 0.2 s; dropped frames,
    late_ms p99 from the dataset's extras, bytes per frame. Goal: no dropped frame.
+4. A BC policy plays (benchmarks/screen_bcplay.py; with --bc-run RUN_FOLDER_OR_CHECKPOINT; its softmax,
+   or --bc-mode greedy): N
+   episodes on the emulator (rayapp's evaluation path, the arcade's settings: sticky actions 0)
+   and N through ScreenEnv against the arcade window in real time (configs/arcade-screen.yaml,
+   15 fps, XTEST keyboard; score and episode end from the arcade's game API, `--game-api`), and a
+   random policy on the emulator. Mean score +- standard error, late_ms, dropped frames, the
+   ratio screen / emulator. Goal: ratio >= 0.5 and the screen mean above random. Without
+   --bc-run the part is skipped (the JSON says so).
 
     python benchmarks/screen.py           # 5 rounds of 2,000 grabs; 1,000 steps at each rate; 3,000 recorded
     python benchmarks/screen.py --quick   # about a minute: 3 rounds of 500 grabs; 1,000 steps at 60, 500 at 30; 600 recorded
+    python benchmarks/screen.py --part bcplay --bc-run runs/quickstart   # part 4 only: 10 episodes per path, <= 1,000 steps each
+    python benchmarks/screen.py --quick --bc-run runs/smoke              # part 4 at 2 episodes of <= 150 steps
 
 Uses $DISPLAY when --display is given, else starts its own Xvfb. The last line printed is one JSON
 object.
@@ -56,9 +66,9 @@ def start_xvfb() -> tuple[subprocess.Popen, str]:
         return proc, ":" + f.readline().strip()
 
 
-def start_arcade(display: str) -> subprocess.Popen:
+def start_arcade(display: str, *args: str) -> subprocess.Popen:
     env = dict(os.environ, DISPLAY=display, PYTHONPATH=ROOT, SDL_AUDIODRIVER="dummy")
-    proc = subprocess.Popen([sys.executable, "-m", "rayapp.cli", "arcade", "--game", "Breakout"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "rayapp.cli", "arcade", "--game", "Breakout", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     finder = WindowFinder(display)
     deadline = time.monotonic() + 60
@@ -146,7 +156,9 @@ def record_human(cfg, steps: int, fps: float = 30) -> dict:
     finally:
         done.set()
         t.join(timeout=10)
-    late = np.concatenate([e.extras["late_ms"] for e in ReplayDataset(f"{tmp}/data").iter_episodes(decode=False)])
+    late = np.concatenate(
+        [e.extras["late_ms"] for e in ReplayDataset(f"{tmp}/data").iter_episodes(decode=False)]
+    )
     shutil.rmtree(tmp, ignore_errors=True)
     size = sum(s["bytes"] for s in summary.shards)
     return {"fps": fps, "steps": summary.steps, "dropped_frames": summary.dropped,
@@ -155,14 +167,10 @@ def record_human(cfg, steps: int, fps: float = 30) -> dict:
             "bytes_per_frame": round(size / summary.steps, 1)}  # fmt: skip
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--display", help="an X display to use (default: start a private Xvfb)")
-    args = ap.parse_args()
-    grabs, rounds, steps30, steps60 = (500, 3, 500, 1000) if args.quick else (2000, 5, 1000, 1000)
-    recorded = 600 if args.quick else 3000
-    xvfb, display = (None, args.display) if args.display else start_xvfb()
+def speed_parts(display: str, quick: bool) -> dict:
+    """Parts 1-3 against one arcade."""
+    grabs, rounds, steps30, steps60 = (500, 3, 500, 1000) if quick else (2000, 5, 1000, 1000)
+    recorded = 600 if quick else 3000
     arcade = start_arcade(display)
     try:
         cfg = load_config(CONFIG, [f"env.display={display}"])
@@ -180,21 +188,76 @@ def main() -> None:
     finally:
         arcade.terminate()
         arcade.wait(timeout=30)
+    return {
+        "result": {**{k: cap[k] for k in ("capture_fps", "bare_fps", "ratio")},
+                   **{f"{k}_{key}": v for k, r in rates.items() for key, v in r.items() if key != "fps"},
+                   **{f"record30_{key}": v for key, v in rec.items() if key != "fps"}},
+        "goals": {"ratio>=0.8": cap["ratio"] >= 0.8, "p99_late_ms@60<=2": rates["fps60"]["p99_late_ms"] <= 2,
+                  "dropped@30==0": rates["fps30"]["dropped_frames"] == 0,
+                  "record_dropped@30==0": rec["dropped_frames"] == 0},
+    }  # fmt: skip
+
+
+def bc_part(display: str, args) -> dict:
+    """Part 4 (benchmarks/screen_bcplay.py)."""
+    from benchmarks.screen_bcplay import bc_play
+
+    episodes = args.bc_episodes or (2 if args.quick else 10)
+    max_steps = args.bc_max_steps or (150 if args.quick else 1000)
+    print(
+        f"BC play ({args.bc_mode}): {episodes} episodes of <= {max_steps} steps per path, {args.bc_run}",
+        flush=True,
+    )
+    r = bc_play(display, args.bc_run, episodes, max_steps, start_arcade, CONFIG, args.bc_mode)
+    print(f"BC play: emulator {r['emulator_mean']} +- {r['emulator_se']}, screen {r['screen_mean']} +- "
+          f"{r['screen_se']} (ratio {r['ratio']}), random {r['random_mean']} +- {r['random_se']}; screen late "
+          f"mean {r['screen_late_ms_mean']} ms, dropped {r['screen_dropped_mean']} per episode", flush=True)  # fmt: skip
+    ok = r["ratio"] is not None and r["ratio"] >= 0.5
+    return {"result": {f"bc_{k}": v for k, v in r.items()},
+            "goals": {"bc_screen/emulator>=0.5": ok, "bc_screen>random": r["screen_mean"] > r["random_mean"]}}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--display", help="an X display to use (default: start a private Xvfb)")
+    ap.add_argument(
+        "--part",
+        choices=["all", "speed", "bcplay"],
+        default="all",
+        help="speed: parts 1-3; bcplay: part 4 (needs --bc-run); all: both (part 4 only with --bc-run)",
+    )
+    ap.add_argument("--bc-run", help="part 4: a run folder (its best checkpoint) or a BC checkpoint folder")
+    ap.add_argument("--bc-mode", choices=["sampled", "greedy"], default="sampled",
+                    help="part 4: how the policy acts (sampled: its softmax; greedy: argmax at eval.epsilon)")  # fmt: skip
+    ap.add_argument(
+        "--bc-episodes", type=int, default=0, help="part 4: episodes per path (default 10; --quick 2)"
+    )
+    ap.add_argument("--bc-max-steps", type=int, default=0,
+                    help="part 4: step cap of an episode on both paths (default 1000; --quick 150)")  # fmt: skip
+    args = ap.parse_args()
+    if args.part == "bcplay" and not args.bc_run:
+        ap.error("--part bcplay needs --bc-run RUN_FOLDER_OR_CHECKPOINT")
+    xvfb, display = (None, args.display) if args.display else start_xvfb()
+    parts = []
+    try:
+        if args.part in ("all", "speed"):
+            parts.append(speed_parts(display, args.quick))
+        if args.bc_run:
+            parts.append(bc_part(display, args))
+    finally:
         if xvfb is not None:
             xvfb.terminate()
             xvfb.wait(timeout=30)
-    result = {
-        "benchmark": "screen",
-        **{k: cap[k] for k in ("capture_fps", "bare_fps", "ratio")},
-        **{f"{k}_{key}": v for k, r in rates.items() for key, v in r.items() if key != "fps"},
-        **{f"record30_{key}": v for key, v in rec.items() if key != "fps"},
-        "goals": {"ratio>=0.8": cap["ratio"] >= 0.8, "p99_late_ms@60<=2": rates["fps60"]["p99_late_ms"] <= 2,
-                  "dropped@30==0": rates["fps30"]["dropped_frames"] == 0,
-                  "record_dropped@30==0": rec["dropped_frames"] == 0},  # fmt: skip
+    result = {"benchmark": "screen", **{k: v for p in parts for k, v in p["result"].items()},
+              "goals": {k: v for p in parts for k, v in p["goals"].items()}}  # fmt: skip
+    if not args.bc_run:
+        result["bc_skipped"] = "no --bc-run given: part 4 (a BC policy playing the arcade) did not run"
+    result.update({
         "quick": args.quick,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}",
         "loadavg": [round(x, 2) for x in os.getloadavg()],
-    }
+    })  # fmt: skip
     print(json.dumps(result))
 
 

@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="play an ALE game (env.game) in a window with the keyboard (inputs.keys)",
     )
     arc.add_argument("--game", help="the game (short for --set env.game=GAME), e.g. Breakout, Pong")
+    arc.add_argument("--game-api", metavar="HOST:PORT",
+                     help="serve the game-API protocol there (short for --set arcade.game_api=HOST:PORT)")  # fmt: skip
 
     cal = sub.add_parser(
         "calibrate-score",
@@ -258,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if getattr(args, "game", None):
             set_key(cfg, "env.game", args.game, "--game")
+        if getattr(args, "game_api", None):
+            set_key(cfg, "arcade.game_api", args.game_api, "--game-api")
         if (
             args.config
             and not cfg.env.score_templates

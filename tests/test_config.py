@@ -113,6 +113,7 @@ def test_every_location_key_is_marked_as_a_path():
     # a cluster address, a game id, a metric name, an X display, a window title
     not_locations = {"ray.address", "env.game", "sweep.metric", "env.display", "env.window_title"}
     not_locations.add("env.game_api_address")  # a game mod's host:port
+    not_locations.add("arcade.game_api")  # the host:port the arcade serves its game API at
     strings = {key for key, tp, _, _ in describe_keys() if tp == "str"}
     paths = path_keys()
     assert not_locations <= strings, not_locations - strings  # the declared set is current

@@ -123,7 +123,9 @@ def test_the_arcade_stops_when_its_window_is_closed(arcade, display):
     try:  # what a window manager's close button sends: WM_DELETE_WINDOW
         win = d.create_resource_object("window", arcade.window.id)
         protocols, delete = d.intern_atom("WM_PROTOCOLS"), d.intern_atom("WM_DELETE_WINDOW")
-        ev = xevent.ClientMessage(window=win, client_type=protocols, data=(32, [delete, X.CurrentTime, 0, 0, 0]))
+        ev = xevent.ClientMessage(
+            window=win, client_type=protocols, data=(32, [delete, X.CurrentTime, 0, 0, 0])
+        )
         win.send_event(ev, event_mask=X.NoEventMask)
         d.sync()
     finally:
@@ -214,7 +216,9 @@ def test_fixed_rate_steps_report_lateness_and_count_dropped_frames(display):
         time.sleep(3.5 / 30)  # the agent takes 3.5 periods: boundaries pass without a capture
         _, _, _, _, info = env.step(0)
         dropped = info["dropped_frames"] - before["dropped_frames"]
-        print(f"late_ms over 10 steps: median {np.median(late):.3f}, max {max(late):.3f}; slow step dropped {dropped}")
+        print(
+            f"late_ms over 10 steps: median {np.median(late):.3f}, max {max(late):.3f}; slow step dropped {dropped}"
+        )
         assert dropped >= 2 and info["frame_index"] == before["frame_index"] + dropped + 1
         assert 0 <= info["late_ms"] < period_ms
         _, info = env.reset()
@@ -352,3 +356,45 @@ def test_the_arcade_reads_held_keys_as_the_games_actions(display):
         finder.close()
         arcade.close()
     assert held_keys(display) == []
+
+
+def test_the_arcade_serves_the_game_api_with_the_emulators_reward(display):
+    """`rayapp arcade --game-api`: the arcade answers rayapp.envs.screen.game_api's protocol as a
+    game mod would: the reward summed over the frames since the last request, done when a game
+    ended, score and lives; a reset request starts the game again at the arcade's next frame."""
+    import threading
+
+    from rayapp.envs.screen.game_api import GameApiReward
+
+    cfg = load_config(None, ["env.game=Breakout", "run.seed=3", "env.max_episode_steps=100",
+                             "arcade.game_api=127.0.0.1:0"])  # fmt: skip
+    arcade = Arcade(cfg)
+    try:
+        client = GameApiReward(arcade.api.address)
+        rng = np.random.default_rng(0)
+        total, answered, ended = 0.0, 0.0, False
+        while not ended:  # the arcade's limit: 100 steps x frameskip 4 = 400 frames
+            for _ in range(10):
+                r, e = arcade.step(int(rng.integers(4)))
+                total, ended = total + r, ended or e
+            reading = client.step(arcade.frame)
+            answered += reading.reward
+            assert reading.terminated == ended
+            assert reading.info["lives"] == arcade.env.unwrapped.ale.lives()
+        assert answered == total and arcade.summary.frames == 400
+        assert client.step(arcade.frame).reward == 0.0  # nothing since the last answer
+        arcade.step(1)
+        got = {}
+        t = threading.Thread(target=lambda: got.update(client.reset(arcade.frame)))
+        t.start()
+        while t.is_alive():  # the arcade's loop performs the reset the client waits for
+            arcade.step(0)
+            arcade.api.service(arcade.reset_game)
+            time.sleep(0.01)
+        assert got["score"] == 0.0 and got["lives"] == 5
+        reading = client.step(arcade.frame)
+        assert reading.reward == 0.0 and not reading.terminated
+        client.close()
+    finally:
+        arcade.close()
+    assert arcade.api is None

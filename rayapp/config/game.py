@@ -155,3 +155,8 @@ class ArcadeConfig:
     frames: int = opt(
         0, "stop after this many frames (0: until the window is closed, Escape, Ctrl+C or SIGTERM)"
     )
+    game_api: str = opt(
+        "",
+        "host:port where the arcade serves the game-API protocol (the emulator's reward, done, score, lives) "
+        "for env.reward=game_api, as a game mod would; empty: none",
+    )

@@ -6,7 +6,9 @@ it) under the fixed title "rayapp arcade: <Game>" (`window_title`), at `arcade.f
 per second (60, the Atari's own rate, at frameskip 1). Keys map to the game's actions through the
 input mapping vocabulary (`inputs.keys`, by action name; by default the arrows for directions and
 space for FIRE), so a ScreenEnv acting through the keyboard backend with the same mapping plays the
-same actions. A game that ends starts again. It stops, closing the window, when the window is
+same actions. A game that ends starts again. With `arcade.game_api` (`--game-api HOST:PORT`) it
+also serves the game-API protocol (rayapp.play.arcade_api) with the emulator's reward, episode end,
+score and lives, as a game mod would, for `env.reward: game_api`. It stops, closing the window, when the window is
 closed, on Escape (unless mapped), Ctrl+C, SIGTERM, or after `arcade.frames` frames.
 
 It is a test bed for the screen path (ScreenEnv captures this window, `env.frame_size: [210, 160]`
@@ -109,7 +111,9 @@ class Arcade:
             self.mapping = KeyMapping(cfg.inputs.keys or default_keys(meanings), "inputs.keys")
             unknown = [n for n in self.mapping.names if n not in meanings]
             if unknown:
-                raise ConfigError(f"inputs.keys: {unknown} are not actions of {game_name(cfg.env.game)} ({', '.join(meanings)})")
+                raise ConfigError(
+                    f"inputs.keys: {unknown} are not actions of {game_name(cfg.env.game)} ({', '.join(meanings)})"
+                )
             self.actions = [meanings.index(n) for n in self.mapping.names]  # mapping order -> emulator action
             self.title = window_title(cfg.env.game)
             self.frame, _ = self.env.reset(seed=cfg.run.seed)
@@ -121,15 +125,43 @@ class Arcade:
             except pygame.error as e:
                 raise InputDeviceError(f"rayapp arcade: cannot open a window: {e}") from None
             pygame.display.set_caption(self.title)
-            self._codes = [[self._keycode(k.name) for k in self.mapping.keys(i)] for i in range(len(self.mapping))]
-            self._quit_on_escape = "escape" not in {k.name for i in range(len(self.mapping)) for k in self.mapping.keys(i)}
+            self._codes = [
+                [self._keycode(k.name) for k in self.mapping.keys(i)] for i in range(len(self.mapping))
+            ]
+            self._quit_on_escape = "escape" not in {
+                k.name for i in range(len(self.mapping)) for k in self.mapping.keys(i)
+            }
         except BaseException:
             self.close()
             raise
         self.score = 0.0
         self.summary = ArcadeSummary()
         self.stop_reason = ""
+        self.api = None
+        if cfg.arcade.game_api:
+            from rayapp.play.arcade_api import ArcadeGameApi
+
+            try:
+                self.api = ArcadeGameApi(cfg.arcade.game_api, self.api_state)
+            except OSError as e:
+                self.close()
+                raise ConfigError(
+                    f"arcade.game_api={cfg.arcade.game_api!r}: cannot listen there ({e})"
+                ) from None
         self.show()
+
+    def api_state(self) -> dict:
+        """What every game-API answer carries besides reward and done."""
+        return {
+            "score": self.score,
+            "lives": int(self.env.unwrapped.ale.lives()),
+            "frame": self.summary.frames,
+        }
+
+    def reset_game(self) -> None:
+        """Start the game again (a game-API reset); the game in progress is dropped, not scored."""
+        self.frame, _ = self.env.reset()
+        self.score = self.summary.score = 0.0
 
     def _keycode(self, name: str) -> int:
         try:
@@ -154,6 +186,8 @@ class Arcade:
         self.frame, reward, terminated, truncated, _ = self.env.step(action)
         self.score += float(reward)
         self.summary.frames += 1
+        if self.api is not None:
+            self.api.on_frame(float(reward), bool(terminated or truncated))
         if terminated or truncated:
             self.summary.scores.append(self.score)
             print(f"{self.title}: game over, score {self.score:g}", flush=True)
@@ -187,6 +221,8 @@ class Arcade:
         try:
             while self.poll():
                 self.step(self.action())
+                if self.api is not None:
+                    self.api.service(self.reset_game)
                 self.show()
                 if frames and self.summary.frames >= frames:
                     self.stop_reason = f"the frame limit ({frames})"
@@ -211,6 +247,9 @@ class Arcade:
         return lambda: [signal.signal(s, h) for s, h in old.items()]
 
     def close(self) -> None:
+        if getattr(self, "api", None) is not None:
+            self.api.close()
+            self.api = None
         try:
             self.env.close()
         finally:
