@@ -30,6 +30,7 @@ from rayapp.envs.atari import game_name, make_atari_env
 from rayapp.envs.inputs.keys import KeyMapping
 from rayapp.envs.screen.clock import FrameClock
 from rayapp.errors import ConfigError, InputDeviceError
+from rayapp.play.arcade_api import ArcadeGameApi
 
 __all__ = ["Arcade", "ArcadeSummary", "default_keys", "run_arcade", "window_title"]
 
@@ -139,8 +140,6 @@ class Arcade:
         self.stop_reason = ""
         self.api = None
         if cfg.arcade.game_api:
-            from rayapp.play.arcade_api import ArcadeGameApi
-
             try:
                 self.api = ArcadeGameApi(cfg.arcade.game_api, self.api_state)
             except OSError as e:
