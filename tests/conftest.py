@@ -190,3 +190,24 @@ def display(xvfb_server, monkeypatch):
     """DISPLAY set to the session's Xvfb for this test."""
     monkeypatch.setenv("DISPLAY", xvfb_server)
     return xvfb_server
+
+
+def held_keys(name: str) -> list[int]:
+    """Keycodes the X server `name` holds down now (a fresh connection's query_keymap)."""
+    from Xlib import display as xdisplay
+
+    d = xdisplay.Display(name)
+    try:
+        return [i * 8 + b for i, byte in enumerate(d.query_keymap()) for b in range(8) if byte >> b & 1]
+    finally:
+        d.close()
+
+
+@pytest.fixture
+def xdisplay_(display):
+    """The test X display, checked to hold no key before the test and after it."""
+    pytest.importorskip("Xlib")
+    pytest.importorskip("mss")
+    assert held_keys(display) == []
+    yield display
+    assert held_keys(display) == [], "keys left pressed"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import held_keys
 
 from rayapp.config import load_config
 from rayapp.envs.screen.fake_game_api import FakeGameApi
@@ -17,25 +18,6 @@ from rayapp.errors import ConfigError, GameApiError
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCADE_SCREEN = str(ROOT / "configs" / "arcade-screen.yaml")
-
-
-def held_keys(name: str) -> list[int]:
-    from Xlib import display as xdisplay
-
-    d = xdisplay.Display(name)
-    try:
-        return [i * 8 + b for i, byte in enumerate(d.query_keymap()) for b in range(8) if byte >> b & 1]
-    finally:
-        d.close()
-
-
-@pytest.fixture
-def xdisplay_(display):
-    pytest.importorskip("Xlib")
-    pytest.importorskip("mss")
-    assert held_keys(display) == []
-    yield display
-    assert held_keys(display) == [], "keys left pressed"
 
 
 def region_cfg(*overrides: str):

@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+from conftest import held_keys
 
 from rayapp.config import load_config
 from rayapp.envs.inputs import KeyboardBackend, MouseBackend, MouseGrid, make_input_backend
@@ -79,16 +80,6 @@ class Probe:
     def close(self) -> None:
         self.win.destroy()
         self.d.close()
-
-
-def held_keys(name: str) -> list[int]:
-    """Keycodes the X server holds down now (a fresh connection's query_keymap)."""
-    d = xdisplay.Display(name)
-    try:
-        km = d.query_keymap()
-        return [i * 8 + b for i, byte in enumerate(km) for b in range(8) if byte >> b & 1]
-    finally:
-        d.close()
 
 
 def held_buttons(name: str) -> int:
@@ -296,6 +287,8 @@ def test_every_key_name_is_on_the_servers_keyboard_and_a_missing_one_fails_at_st
         sink.close()
     m = KeyMapping({"NOOP": [], "HANGUL": ["a"]})
     m._keys[1] = (Key("hangul", "Hangul", 0x72),)  # a keysym Xvfb's default keyboard map lacks
-    with pytest.raises(InputDeviceError, match="'hangul' \\(Hangul\\) is not on this X server's keyboard map"):
+    with pytest.raises(
+        InputDeviceError, match="'hangul' \\(Hangul\\) is not on this X server's keyboard map"
+    ):
         KeyboardBackend(m)  # at construction, before any step
     assert held_keys(display) == []

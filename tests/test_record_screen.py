@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import held_keys as keys_held_now
 
 from rayapp.replay.inspect import inspect_dataset
 from rayapp.replay.reader import ReplayDataset
@@ -234,16 +235,6 @@ def test_the_x_server_readers_see_xtest_keys_and_the_pointer(display):
         keys.close()
         pointer.close()
     assert keys_held_now(display) == []
-
-
-def keys_held_now(name: str) -> list[int]:
-    from Xlib import display as xdisplay
-
-    d = xdisplay.Display(name)
-    try:
-        return [i * 8 + b for i, byte in enumerate(d.query_keymap()) for b in range(8) if byte >> b & 1]
-    finally:
-        d.close()
 
 
 def test_recording_the_mouse_stores_command_and_cell(display, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import held_keys
 
 from rayapp.cli import main
 from rayapp.config import load_config
@@ -246,25 +247,6 @@ class ArcadeClock:
         self.scores.append((before, self.arcade.score))
         self.index += 1
         return Tick(self.index, 0.0, 0)
-
-
-def held_keys(name: str) -> list[int]:
-    from Xlib import display as xdisplay
-
-    d = xdisplay.Display(name)
-    try:
-        return [i * 8 + b for i, byte in enumerate(d.query_keymap()) for b in range(8) if byte >> b & 1]
-    finally:
-        d.close()
-
-
-@pytest.fixture
-def xdisplay_(display):
-    pytest.importorskip("Xlib")
-    pytest.importorskip("mss")
-    assert held_keys(display) == []
-    yield display
-    assert held_keys(display) == [], "keys left pressed"
 
 
 def test_screen_env_reads_the_arcade_windows_score_and_plays_an_episode(xdisplay_, tmp_path, capsys):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import held_keys
 
 from rayapp.config import load_config
 from rayapp.envs.screen import ScreenCapture, ScreenEnv, WindowFinder
@@ -32,15 +33,6 @@ from Xlib.protocol import event as xevent  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 ARCADE_SCREEN = str(ROOT / "configs" / "arcade-screen.yaml")
 TITLE = "rayapp arcade: Breakout"
-
-
-def held_keys(name: str) -> list[int]:
-    """Keycodes the X server holds down now (a fresh connection's query_keymap)."""
-    d = xdisplay.Display(name)
-    try:
-        return [i * 8 + b for i, byte in enumerate(d.query_keymap()) for b in range(8) if byte >> b & 1]
-    finally:
-        d.close()
 
 
 def wait_for_window(title: str, timeout: float = 30.0):
