@@ -6,6 +6,13 @@ list alive beside it) and after (one frame per step).
     python benchmarks/finetune_ab.py --bc-run runs/bcq --baseline b7c9f48            # 50k steps, 3 seeds
     python benchmarks/finetune_ab.py --bc-run runs/bcq --steps 10000 --seeds 3       # a smaller budget
     python benchmarks/finetune_ab.py --quick                                          # memory part only
+    python benchmarks/finetune_ab.py --bc-run runs/bcq --arms new,variant --steps 0 \
+        --variant-set finetune.demo_action_balance=0                               # one at a time, offline only
+
+Every finished run is one JSON file in benchmarks/results/finetune_ab/ (commit them): a rerun skips
+what is there and aggregates all of it, so an A/B longer than one sitting adds up. Arms of one seed
+run back to back on the same BC run (its weights' hash is in every file name), and only such pairs
+make the paired difference.
 
 Each run is `rayapp finetune` in its own process (its own local Ray), the baseline from a git
 worktree of `--baseline`. Scores: greedy, `--episodes` episodes per policy on seeds 7,000,000+
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -154,7 +162,9 @@ def run_finetune(
 ) -> dict:
     sets = [f"run.dir={run}", f"run.seed={seed}", f"finetune.init_checkpoint={bc_run}", f"data.uri={data_uri}",
             f"finetune.online_steps={steps}", f"finetune.eval_every_steps={max(steps // 2, 500)}",
-            f"finetune.checkpoint_every_steps={steps}", "finetune.eval_episodes=5", *extra]  # fmt: skip
+            "finetune.eval_episodes=5", *extra]  # fmt: skip
+    if steps:
+        sets.append(f"finetune.checkpoint_every_steps={steps}")
     cmd = [
         sys.executable,
         "-m",
@@ -173,7 +183,8 @@ def run_finetune(
     result = json.load(open(os.path.join(run, "finetune", "result.json")))
     best = json.load(open(os.path.join(run, "finetune", "best.json")))
     return {"final": result["final_policy"], "best": best.get("checkpoint") or best.get("policy"),
-            "curve": result["curve"], "seconds": round(time.perf_counter() - t0)}  # fmt: skip
+            "curve": [{k: p[k] for k in ("env_steps", "phase", "mean")} for p in result["curve"]],
+            "seconds": round(time.perf_counter() - t0)}  # fmt: skip
 
 
 def score(policy: str, cfg, episodes: int) -> list[float]:
@@ -191,28 +202,84 @@ def score(policy: str, cfg, episodes: int) -> list[float]:
     return [e["score"] for part in ray.get(refs) for e in part]
 
 
-def summary(per_seed: list[list[float]]) -> dict:
-    means = np.array([np.mean(s) for s in per_seed])
-    se = float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
-    return {
-        "mean": round(float(means.mean()), 2),
-        "se_over_seeds": round(se, 2),
-        "seed_means": [round(float(m), 2) for m in means],
-    }
+def mean_se(xs) -> dict:
+    xs = np.asarray(xs, float)
+    se = float(xs.std(ddof=1) / np.sqrt(len(xs))) if len(xs) > 1 else float("nan")
+    return {"mean": round(float(xs.mean()), 2), "se": round(se, 2), "n": len(xs)}
+
+
+def bc_fingerprint(bc_policy: str) -> str:
+    """The BC weights' SHA-256 (12 hex digits): runs on the same BC share it, and only they pair."""
+    from rayapp.models.checkpoint import WEIGHTS_FILE
+    from rayapp.storage import read_bytes, resolve
+
+    return hashlib.sha256(read_bytes(resolve(bc_policy).join(WEIGHTS_FILE))).hexdigest()[:12]
+
+
+# ---- results that outlive the session: one JSON file per finished run ---------------------------
+def result_name(arm: str, rev: str, seed: int, steps: int, episodes: int, sets: list[str], bc: str) -> str:
+    tag = hashlib.sha256("\n".join(sets).encode()).hexdigest()[:6] if sets else "defaults"
+    return f"{arm}-{rev}-{tag}-{steps}steps-{episodes}ep-seed{seed}-bc{bc}.json"
+
+
+def load_results(folder: str) -> list[dict]:
+    out = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.endswith(".json") and not name.startswith("bc-"):
+            out.append(json.load(open(os.path.join(folder, name))))
+    return out
+
+
+def aggregate(results: list[dict], arms: dict[str, dict], steps: int, episodes: int) -> dict:
+    """Per arm: the mean over seeds of each seed's mean (SE over seeds). Pairs: for every (BC run,
+    seed) that has both arms, the difference new - old (or variant - new); its mean and SE over
+    pairs. A run whose partner ran on another BC run counts for its arm, not for a pair."""
+
+    def key(r: dict) -> str:
+        return next(
+            (a for a, spec in arms.items() if spec["rev"] == r["revision"] and spec["sets"] == r["sets"]), ""
+        )
+
+    mine = [r for r in results if r["steps"] == steps and r["episodes"] == episodes and key(r)]
+    out: dict = {}
+    for arm in arms:
+        rs = [r for r in mine if key(r) == arm]
+        if rs:
+            out[f"{arm}_final"] = {**mean_se([np.mean(r["scores"]) for r in rs]),
+                                   "runs": [{"seed": r["seed"], "bc": r["bc"], "mean": round(float(np.mean(r["scores"])), 2)} for r in rs]}  # fmt: skip
+    names = list(arms)
+    for a, b in zip(names, names[1:]):
+        by = {(r["bc"], r["seed"], key(r)): float(np.mean(r["scores"])) for r in mine}
+        diffs = [by[(bc, s, b)] - by[(bc, s, a)] for (bc, s, k) in by if k == a and (bc, s, b) in by]
+        if diffs:
+            d = mean_se(diffs)
+            out[f"difference_{b}_minus_{a}"] = {**d, "pairs": len(diffs), "beyond_se": bool(len(diffs) > 1 and abs(d["mean"]) > d["se"])}  # fmt: skip
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bc-run", help="a run folder with replays/ and pretrain/")
     ap.add_argument(
-        "--baseline", default="b7c9f48", help="the revision whose finetune is the baseline (new: HEAD)"
+        "--baseline", default="b7c9f48", help="the revision whose finetune is the baseline (arm old)"
     )
-    ap.add_argument("--steps", type=int, default=50_000)
+    ap.add_argument(
+        "--new", default="HEAD", help="the revision of arm new (pin it to add runs to earlier ones)"
+    )
+    ap.add_argument(
+        "--steps", type=int, default=50_000, help="online env steps per run (0: the offline phase only)"
+    )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--episodes", type=int, default=30, help="evaluation episodes per policy")
-    ap.add_argument("--arms", default="old,new")
+    ap.add_argument("--arms", default="old,new", help="old, new and variant (new with --variant-set)")
+    ap.add_argument("--set", action="append", default=[], help="extra --set for arm new")
     ap.add_argument(
-        "--set", action="append", default=[], help="extra --set for the new arm (one-at-a-time runs)"
+        "--variant-set", action="append", default=[], help="--set of arm variant (one-at-a-time runs)"
+    )
+    ap.add_argument(
+        "--results",
+        default=os.path.join(ROOT, "benchmarks", "results", "finetune_ab"),
+        help="one JSON per finished run; runs found here are not run again, and all of them are aggregated",
     )
     ap.add_argument("--keep", default=None, help="keep run folders here")
     ap.add_argument("--quick", action="store_true", help="the memory part only, on a few thousand steps")
@@ -241,44 +308,56 @@ def main() -> None:
         if not a.quick
         else FrameSpec.from_config(cfg.data)
     )
-    out.update(memory_per_step(cfg.data_uri, frames, 5000 if a.quick else 20000))
-    out.update(stacking_speed(cfg.data_uri, frames, 5000 if a.quick else 20000))
+    if a.quick or a.steps:  # the memory part needs no learning runs; skip it for offline-only A/Bs
+        out.update(memory_per_step(cfg.data_uri, frames, 5000 if a.quick else 20000))
+        out.update(stacking_speed(cfg.data_uri, frames, 5000 if a.quick else 20000))
     if a.quick:
         print(json.dumps(out))
         return
     print(f"memory: {out}", flush=True)
     import ray
 
-    # both arms run from git worktrees, so commits landing meanwhile change neither
-    head = subprocess.run(
-        ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    codes = {"new": baseline_tree(head, base), "old": baseline_tree(a.baseline, base)}
-    out["new_revision"] = head
-    runs: dict[str, list[dict]] = {}
-    for arm in a.arms.split(","):
-        runs[arm] = []
-        for seed in range(a.seeds):
-            r = run_finetune(codes[arm], os.path.join(base, f"{arm}-{seed}"), seed, a.bc_run, cfg.data_uri, a.steps,
-                             a.set if arm == "new" else [])  # fmt: skip
-            runs[arm].append(r)
-            print(
-                f"{arm} seed {seed}: {r['seconds']} s, curve {[round(p['mean'], 1) for p in r['curve']]}",
-                flush=True,
-            )
+    def rev(r: str) -> str:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short=7", r], capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+
+    new, old = rev(a.new), rev(a.baseline)
+    arms = {"old": {"rev": old, "sets": []}, "new": {"rev": new, "sets": a.set},
+            "variant": {"rev": new, "sets": a.set + a.variant_set}}  # fmt: skip
+    arms = {k: arms[k] for k in a.arms.split(",")}
+    bc_policy = resolve_checkpoint(a.bc_run, stages=("pretrain",))
+    bc = bc_fingerprint(bc_policy)
+    os.makedirs(a.results, exist_ok=True)
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
-    bc = score(resolve_checkpoint(a.bc_run, stages=("pretrain",)), cfg, a.episodes)
-    out.update(steps=a.steps, seeds=a.seeds, episodes=a.episodes, baseline=a.baseline, new_sets=a.set,
-               bc={"mean": round(float(np.mean(bc)), 2), "se": round(float(np.std(bc, ddof=1) / np.sqrt(len(bc))), 2)})  # fmt: skip
-    finals = {}
-    for arm, rs in runs.items():
-        finals[arm] = [score(r["final"], cfg, a.episodes) for r in rs]
-        out[f"{arm}_final"] = summary(finals[arm])
-        out[f"{arm}_seconds"] = [r["seconds"] for r in rs]
-    if {"old", "new"} <= set(finals):
-        d = out["new_final"]["mean"] - out["old_final"]["mean"]
-        se = float(np.hypot(out["new_final"]["se_over_seeds"], out["old_final"]["se_over_seeds"]))
-        out["difference_new_minus_old"] = {"mean": round(d, 2), "se": round(se, 2), "beyond_se": abs(d) > se}
+    bc_file = os.path.join(a.results, f"bc-{bc}-{a.episodes}ep.json")
+    if not os.path.exists(bc_file):
+        s = score(bc_policy, cfg, a.episodes)
+        json.dump({"bc": bc, "bc_run": a.bc_run, "scores": s, **mean_se(s)}, open(bc_file, "w"), indent=1)
+    out["bc"] = {k: v for k, v in json.load(open(bc_file)).items() if k in ("bc", "mean", "se", "n")}
+    # both arms run from git worktrees, so commits landing meanwhile change neither; seed by seed,
+    # both arms of a seed on the same BC run, so an interrupted A/B leaves whole pairs
+    codes = {spec["rev"]: baseline_tree(spec["rev"], base) for spec in arms.values()}
+    for seed in range(a.seeds):
+        for arm, spec in arms.items():
+            name = result_name(arm, spec["rev"], seed, a.steps, a.episodes, spec["sets"], bc)
+            path = os.path.join(a.results, name)
+            if os.path.exists(path):
+                print(f"{arm} seed {seed}: done before ({name})", flush=True)
+                continue
+            r = run_finetune(codes[spec["rev"]], os.path.join(base, f"{arm}-{seed}"), seed, a.bc_run, cfg.data_uri,
+                             a.steps, spec["sets"])  # fmt: skip
+            scores = score(r["final"], cfg, a.episodes)
+            rec = {"arm": arm, "revision": spec["rev"], "sets": spec["sets"], "seed": seed, "steps": a.steps,
+                   "episodes": a.episodes, "bc": bc, "scores": scores, "mean": round(float(np.mean(scores)), 2),
+                   "curve": r["curve"], "seconds": r["seconds"], "machine": out["machine"],
+                   "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+            tmp = path + ".tmp"
+            json.dump(rec, open(tmp, "w"), indent=1)
+            os.replace(tmp, path)
+            print(f"{arm} seed {seed}: {r['seconds']} s, final {rec['mean']}, curve "
+                  f"{[round(p['mean'], 1) for p in r['curve']]}", flush=True)  # fmt: skip
+    out.update(steps=a.steps, seeds=a.seeds, episodes=a.episodes, arms=arms)
+    out.update(aggregate(load_results(a.results), arms, a.steps, a.episodes))
     print(json.dumps(out))
 
 
