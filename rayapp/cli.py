@@ -125,6 +125,14 @@ def _arcade(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("play")
+def _play(cfg: Config, args: argparse.Namespace) -> int:
+    from rayapp.play.player import play
+
+    play(cfg, args.checkpoint or cfg.run.dir)
+    return 0
+
+
 @command("calibrate-score")
 def _calibrate_score(cfg: Config, args: argparse.Namespace) -> int:
     from rayapp.envs.screen.calibrate import (
@@ -232,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     arc.add_argument("--game-api", metavar="HOST:PORT",
                      help="serve the game-API protocol there (short for --set arcade.game_api=HOST:PORT)")  # fmt: skip
 
+    ply = sub.add_parser(
+        "play",
+        parents=[common],
+        help="the policy plays live (emulator window or the screen), reloading newer weights; kill switch play.kill_switch",
+    )
+    ply.add_argument("--checkpoint", help="a run folder or s3:// prefix (its best.json, watched) or a checkpoint folder "
+                     "(default: run.dir)")  # fmt: skip
+    ply.add_argument("--env", choices=["atari", "screen"], help="short for --set env.backend=ENV")
+    ply.add_argument("--record", metavar="URI", help="record what is played there (short for --set play.record=URI)")
+    ply.add_argument("--video", metavar="FILE", help="a .gif or .mp4 of the first play.video_steps frames")
+
     cal = sub.add_parser(
         "calibrate-score",
         parents=[common],
@@ -270,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rayapp.envs.screen.calibrate import default_templates_path
 
             cfg.env.score_templates = default_templates_path(args.config)
+        for flag, key in (("env", "env.backend"), ("record", "play.record"), ("video", "play.video")):
+            if args.command == "play" and getattr(args, flag, None):
+                set_key(cfg, key, getattr(args, flag), f"--{flag}")
         if getattr(args, "source", None):
             set_key(cfg, "record.source", args.source, "--source")
         if args.command in RAY_COMMANDS:

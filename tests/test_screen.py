@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import held_keys
+from conftest import TITLE, ArcadeProcess, held_keys, wait_for_window  # noqa: F401
 
 from rayapp.config import load_config
 from rayapp.envs.screen import ScreenCapture, ScreenEnv, WindowFinder
@@ -32,54 +32,6 @@ from Xlib.protocol import event as xevent  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCADE_SCREEN = str(ROOT / "configs" / "arcade-screen.yaml")
-TITLE = "rayapp arcade: Breakout"
-
-
-def wait_for_window(title: str, timeout: float = 30.0):
-    finder = WindowFinder()
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return finder.find(title), finder.rect(finder.find(title))
-            except CaptureError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-    finally:
-        finder.close()
-
-
-class ArcadeProcess:
-    """`rayapp arcade --game Breakout` in its own process, as a person would start it."""
-
-    def __init__(self, display: str, *overrides: str):
-        env = dict(os.environ, DISPLAY=display, PYTHONPATH=str(ROOT), SDL_AUDIODRIVER="dummy")
-        args = [sys.executable, "-m", "rayapp.cli", "arcade", "--game", "Breakout"]
-        for o in overrides:
-            args += ["--set", o]
-        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.first_line = self.proc.stdout.readline()
-        assert TITLE in self.first_line, self.first_line + self.proc.stderr.read()
-        self.window, self.rect = wait_for_window(TITLE)
-
-    def stop(self, sig: int | None = signal.SIGTERM) -> tuple[int, str, str]:
-        """Signal it (None: only wait) and collect its exit status and output (once)."""
-        if not hasattr(self, "result"):
-            if sig is not None and self.proc.poll() is None:
-                self.proc.send_signal(sig)
-            out, err = self.proc.communicate(timeout=60)
-            self.result = (self.proc.returncode, out, err)
-        return self.result
-
-
-@pytest.fixture
-def arcade(display):
-    assert held_keys(display) == [], "a previous test left keys pressed"
-    a = ArcadeProcess(display)
-    yield a
-    a.stop()
-    assert held_keys(display) == []
 
 
 def screen_cfg(*overrides: str):

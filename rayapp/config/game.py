@@ -1,5 +1,5 @@
-"""The game-side config sections: the game (`env`), how an agent acts on it (`inputs`) and the
-`rayapp arcade` window (`arcade`)."""
+"""The game-side config sections: the game (`env`), how an agent acts on it (`inputs`), the
+`rayapp arcade` window (`arcade`) and the live player (`play`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 
 from rayapp.config.fields import opt
 
-__all__ = ["EnvConfig", "InputsConfig", "ArcadeConfig"]
+__all__ = ["EnvConfig", "InputsConfig", "ArcadeConfig", "PlayConfig"]
 
 
 @dataclass
@@ -160,3 +160,35 @@ class ArcadeConfig:
         "host:port where the arcade serves the game-API protocol (the emulator's reward, done, score, lives) "
         "for env.reward=game_api, as a game mod would; empty: none",
     )
+
+
+@dataclass
+class PlayConfig:
+    """`rayapp play`: a trained policy drives the game live (capture -> preprocess -> inference ->
+    input), picking up newer weights from the checkpoint location while it plays."""
+
+    fps: float | None = opt(
+        None, "steps per second; null: the env's own rate (env.fps on the screen, 15 on the emulator); 0: as fast as it can"
+    )
+    mode: Literal["greedy", "sampled"] = opt(
+        "greedy", "greedy: argmax; sampled: a BC policy's softmax, a Q-network epsilon-greedy at eval.q_epsilon"
+    )
+    epsilon: float = opt(0.0, "greedy: a random action at this probability")
+    follow: Literal["best", "latest"] = opt(
+        "best",
+        "a run folder: follow <stage>/best.json (the trainer's chosen policy) or <stage>/latest.json (every policy it exports)",
+    )
+    reload_poll_s: float = opt(2.0, "seconds between two looks at the checkpoint location for newer weights (0: never)")
+    kill_switch: str = opt(
+        "f12", "key that releases every input and pauses, read globally (X server / OS, not the game window); again resumes; empty: none"
+    )
+    steps: int = opt(0, "stop after this many steps (0: no limit)")
+    episodes: int = opt(0, "stop after this many episodes (0: no limit; Ctrl+C, SIGTERM or closing the window stop it)")
+    window: bool = opt(True, "atari: show the emulator's frames in a window while it plays (false: headless)")
+    scale: int = opt(3, "atari window: pixels per emulator pixel")
+    console_every_s: float = opt(0.5, "seconds between two console lines (FPS, PPS, latency, outputs, inputs)")
+    record: str = opt(
+        "", "write what is played to this dataset (the replay contract; local or s3://); empty: nothing", path=True
+    )
+    video: str = opt("", "path (local or s3://) of a .gif or .mp4 of the first play.video_steps frames; empty: none", path=True)
+    video_steps: int = opt(300, "frames in the --video clip")

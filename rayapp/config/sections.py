@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rayapp.config.fields import opt
-from rayapp.config.game import ArcadeConfig, EnvConfig, InputsConfig
+from rayapp.config.game import ArcadeConfig, EnvConfig, InputsConfig, PlayConfig
 
 __all__ = [
     "opt",
@@ -16,6 +16,7 @@ __all__ = [
     "EnvConfig",
     "InputsConfig",
     "ArcadeConfig",
+    "PlayConfig",
     "DataConfig",
     "RecordConfig",
     "ModelConfig",

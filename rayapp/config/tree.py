@@ -13,6 +13,7 @@ from rayapp.config.sections import (
     FinetuneConfig,
     InputsConfig,
     ModelConfig,
+    PlayConfig,
     PretrainConfig,
     RayConfig,
     RecordConfig,
@@ -31,6 +32,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
     arcade: ArcadeConfig = field(default_factory=ArcadeConfig)
+    play: PlayConfig = field(default_factory=PlayConfig)
     data: DataConfig = field(default_factory=DataConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -209,3 +211,12 @@ class Config:
             raise ConfigError(
                 "arcade.scale >= 1, arcade.fps > 0, arcade.frames >= 0, arcade.sticky_actions in [0, 1]"
             )
+        p = self.play
+        if (p.fps is not None and p.fps < 0) or p.reload_poll_s < 0 or p.steps < 0 or p.episodes < 0 or p.scale < 1:
+            raise ConfigError(
+                "play.fps >= 0 (or null), play.reload_poll_s >= 0, play.steps >= 0, play.episodes >= 0, play.scale >= 1"
+            )
+        if not 0.0 <= p.epsilon <= 1.0 or p.console_every_s <= 0 or p.video_steps < 1:
+            raise ConfigError("play.epsilon in [0, 1], play.console_every_s > 0, play.video_steps >= 1")
+        if p.video and not p.video.lower().endswith((".gif", ".mp4")):
+            raise ConfigError(f"play.video must end in .gif or .mp4, got {p.video!r}")

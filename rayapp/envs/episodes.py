@@ -16,10 +16,10 @@ from rayapp.envs.wrappers import PixelStack
 from rayapp.frames import FrameSpec
 from rayapp.models.agent import Q_EPSILON, Agent
 
-__all__ = ["play_episodes"]
+__all__ = ["overlay", "play_episodes"]
 
 
-def _overlay(frame: np.ndarray, text: str) -> np.ndarray:
+def overlay(frame: np.ndarray, text: str) -> np.ndarray:
     img = cv2.resize(frame, (frame.shape[1] * 2, frame.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
     cv2.putText(
         img, text, (6, img.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
@@ -66,7 +66,7 @@ def play_episodes(player: str, mode: str, seeds: list[int], env_cfg: dict[str, A
             if i == 0 and len(video) < video_steps:
                 raw = env.last_frame if player == "policy" else obs
                 video.append(
-                    _overlay(raw, f"{mode if player == 'policy' else player} score {score:g} step {steps}")
+                    overlay(raw, f"{mode if player == 'policy' else player} score {score:g} step {steps}")
                 )
         results.append({"seed": seed, "score": score, "steps": steps, "truncated": bool(tr), "actions": counts.tolist(),
                         "steps_per_s": steps / (time.perf_counter() - t0), "video": video})  # fmt: skip

@@ -55,6 +55,7 @@ class Agent:
         self.clip = int(self.ckpt.config.get("data", {}).get("clip_length", 0) or 0)
         self.state = None
         self.t = 0
+        self.last_outputs: list[np.ndarray] = []  # the network's raw outputs of the last act (per control)
 
     def load_state_dict(self, state: dict) -> None:
         """Swap in new weights (the live player's hot reload)."""
@@ -74,6 +75,7 @@ class Agent:
         with torch.no_grad():
             outputs, self.state = self.model.step(x, self.state)
         self.t += 1
+        self.last_outputs = [out.reshape(-1).numpy() for out in outputs]
         acts = []
         for out in outputs:
             logits = out.reshape(-1)

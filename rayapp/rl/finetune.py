@@ -8,8 +8,8 @@ Writes to `<run.dir>/finetune/`: `metrics.csv` and `tensorboard/` (episode score
 score, TD loss, margin loss, Q-values, epsilon, env steps/s, learner updates/s), `rllib/<step>/`
 (the algorithm's checkpoints with its replay buffer: rerunning resumes from the newest complete one,
 see rayapp.rl.checkpoints), `policies/<step>/` (exported policies that `rayapp evaluate` and the
-player load) and `best.json` (the best greedy evaluation, on seeds disjoint from those
-`rayapp evaluate` plays: `rayapp.rl.selection`).
+player load), `latest.json` (the newest of them) and `best.json` (the best greedy evaluation, on
+seeds disjoint from those `rayapp evaluate` plays: `rayapp.rl.selection`).
 """
 
 from __future__ import annotations
@@ -247,6 +247,9 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
         point = {"env_steps": env_steps, "phase": phase, "updates": algo.updates, "mean": float(np.mean(scores)) if scores else float("nan"),
                  "std": float(np.std(scores)) if scores else float("nan"), "scores": scores, "seeds": [e["seed"] for e in played], "policy": path}  # fmt: skip
         result.curve.append(point)
+        # every exported policy, for a player following the newest one (`play.follow: latest`)
+        write_bytes_atomic(folder.join("latest.json"), json.dumps({"checkpoint": path, "env_steps": env_steps,
+                           "phase": phase}).encode())  # fmt: skip
 
         write_bytes_atomic(curve_file, (json.dumps(result.curve, indent=1) + "\n").encode())
         logger.log(

@@ -49,6 +49,10 @@ class InputBackend:
         """Names of the inputs held now (keys, mouse buttons, gamepad buttons and deflected axes)."""
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """What the last action became on the device, for the player's console ('-': nothing held)."""
+        return "+".join(self.pressed()) or "-"
+
     def close(self) -> None:
         if self.closed:
             return

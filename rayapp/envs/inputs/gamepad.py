@@ -131,5 +131,11 @@ class GamepadBackend(InputBackend):
         axes = [a for a, v in self.state.axes.items() if v != 0.0]
         return tuple(sorted(self.state.buttons)) + tuple(sorted(axes))
 
+    def describe(self) -> str:
+        """Buttons held and every deflected axis as the device value sent (dead zones applied)."""
+        v = self.device_values(self.state)
+        axes = [f"{a}={v[a]}" for a, x in sorted(self.state.axes.items()) if x != 0.0 and a in v]
+        return " ".join([*sorted(self.state.buttons), *axes]) or "-"
+
     def _close(self) -> None:
         self.pad = None  # vgamepad's own __del__ closes the device

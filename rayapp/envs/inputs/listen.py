@@ -60,9 +60,13 @@ class X11KeyState:
             self.latch = None
 
     def held(self) -> set[str]:
-        keymap = self.display.query_keymap()
-        now = {n for c, n in self._codes.items() if keymap[c >> 3] >> (c & 7) & 1}
+        now = self.held_now()
         return now | self.latch.take() if self.latch is not None else now
+
+    def held_now(self) -> set[str]:
+        """The keys down at this moment (the key map only, no taps)."""
+        keymap = self.display.query_keymap()
+        return {n for c, n in self._codes.items() if keymap[c >> 3] >> (c & 7) & 1}
 
     def close(self) -> None:
         try:

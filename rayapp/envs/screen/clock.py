@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["FrameClock", "Tick"]
+__all__ = ["FrameClock", "FreeClock", "Tick"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class FrameClock:
         self.dropped = 0
         return self.t0
 
+    def resync(self) -> None:
+        """The next boundary is one period from now, the counters kept (after a pause: the time
+        paused is no dropped frames)."""
+        self.t0 = self._now() - self.index * self.period
+
     def boundary(self, k: int) -> float:
         return self.t0 + k * self.period
 
@@ -64,3 +69,25 @@ class FrameClock:
         self.index = k
         self.dropped += missed
         return Tick(k, (t - target) * 1000.0, missed)
+
+
+class FreeClock:
+    """No fixed rate (`play.fps: 0`): every step is the next frame, as fast as the loop goes; never late."""
+
+    fps = 0.0
+    period = 0.0
+
+    def __init__(self) -> None:
+        self.start()
+
+    def start(self) -> float:
+        self.index = 0
+        self.dropped = 0
+        return time.perf_counter()
+
+    def resync(self) -> None:
+        pass
+
+    def wait(self) -> Tick:
+        self.index += 1
+        return Tick(self.index, 0.0, 0)

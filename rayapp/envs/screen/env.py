@@ -77,6 +77,7 @@ class ScreenEnv(gym.Env):
         self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
         self.last_frame: np.ndarray | None = None
         self.steps, self.started = 0, time.monotonic()
+        self.captured_at = self.sent_at = 0.0  # perf_counter of the last grab, of the last action sent
 
     # ---- gymnasium -----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -87,6 +88,7 @@ class ScreenEnv(gym.Env):
             if self.cfg.capture == "window" and self.cfg.focus:
                 self.capture.focus()
             self.clock.start()
+            self.captured_at = time.perf_counter()
             frame = self.capture.grab()
             extras = self.reward_source.reset(frame)
         except BaseException:
@@ -103,8 +105,10 @@ class ScreenEnv(gym.Env):
     def step(self, action):
         try:
             self.inputs.apply(action)
+            self.sent_at = time.perf_counter()  # the player's latency: a frame's capture to its action sent
             tick = self.clock.wait()
             t = time.time()
+            self.captured_at = time.perf_counter()
             frame = self.capture.grab()
             obs = self.stacker.push(frame) if self.stacker is not None else frame
             reading = self.reward_source.step(frame)
