@@ -75,6 +75,16 @@ def tap(display: str, name: str, hold_s: float = 0.15) -> None:
         d.close()
 
 
+STARTED: list[PlayProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_player_left_behind():
+    yield
+    while STARTED:
+        STARTED.pop().kill()
+
+
 class PlayProcess:
     """`rayapp play` on the arcade window in its own process; its output lines arrive in a queue."""
 
@@ -123,6 +133,16 @@ class PlayProcess:
         rc = self.proc.wait(timeout=60)
         summary = json.loads((self.run_dir / "play" / "summary.json").read_text())
         return rc, summary
+
+    def kill(self) -> None:
+        """A failed test must not leave a player pressing keys (and burning a core) behind it."""
+        if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM first: it releases its keys on the way out
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
 
     def events(self) -> list[dict]:
         return [json.loads(x) for x in (self.run_dir / "play" / "events.jsonl").read_text().splitlines()]
