@@ -49,16 +49,19 @@ def cluster_nodes() -> int:
     return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
-def require_resources(resources: dict, key: str) -> None:
-    """Fail fast when no node offers a custom resource a stage asks for (Ray would wait forever)."""
-    if not resources:
+def require_resources(resources: dict, key: str, count: int = 1, what: str = "") -> None:
+    """Fail fast when the cluster cannot hold `count` actors asking for these custom resources each
+    (Ray would wait forever)."""
+    if not resources or count < 1:
         return
     import ray
 
     have = ray.cluster_resources()
     for name, amount in resources.items():
-        if float(amount) > 0 and have.get(name, 0.0) < float(amount):
+        need = float(amount) * count
+        if float(amount) > 0 and have.get(name, 0.0) < need:
+            many = f" for {count} {what}" if count > 1 else ""
             raise RayappError(
-                f"{key}: no node of this Ray cluster offers {amount} {name!r} (it has {have.get(name, 0.0)}); "
-                f"start the game PCs with `ray start --address=<head>:6379 --resources='{{\"{name}\": 1}}'`"
+                f"{key}: this Ray cluster offers {have.get(name, 0.0):g} {name!r}, not the {need:g} needed{many}; "
+                f"start (more) game PCs with `ray start --address=<head>:6379 --resources='{{\"{name}\": 1}}'`"
             )

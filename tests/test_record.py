@@ -325,7 +325,7 @@ def test_collectors_go_where_the_custom_resource_is(ray_session, smoke_cfg):
     cfg = smoke_cfg("record.episodes=1", "record.collectors=1", "record.collector_resources={game_pc: 1}")
     cfg.data.uri = cfg.data_uri + "-gamepc"
     with pytest.raises(
-        RayappError, match=r"record.collector_resources: no node .* 'game_pc'.*ray start --address"
+        RayappError, match=r"record.collector_resources: this Ray cluster offers 0 'game_pc'.*ray start --address"
     ):
         record(cfg, show_progress=False)
     assert not os.path.exists(cfg.data.uri)

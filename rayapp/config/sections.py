@@ -270,6 +270,10 @@ class FinetuneConfig:
     env_runner_resources: dict = opt(
         {}, "custom Ray resources per env runner, e.g. {game_pc: 1} to collect rollouts on game PCs"
     )
+    env_runner_probe_timeout_s: float = opt(
+        2.0,
+        "seconds each iteration waits for env runners being restarted (a game PC that went away); RLlib's default is 30",
+    )
     rollout_fragment_length: int = opt(
         16, "steps per env per sample call (16 x 16 envs: Ray's per-call cost, ~8 ms here, is amortised)"
     )

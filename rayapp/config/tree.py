@@ -202,6 +202,12 @@ class Config:
                 raise ConfigError(
                     "env.capture=window needs env.window_title (e.g. 'rayapp arcade: Breakout')"
                 )
+            pc = self.finetune.env_runner_resources.get("game_pc")
+            if pc is not None and float(pc) != 1.0:
+                raise ConfigError(
+                    f"env.backend=screen: finetune.env_runner_resources.game_pc is {pc}, but a game PC (a node "
+                    "with game_pc: 1) must run exactly one env runner: leave it unset or set it to 1"
+                )
             if self.finetune.envs_per_env_runner != 1:
                 raise ConfigError(
                     f"env.backend=screen: one screen is one env, but finetune.envs_per_env_runner is "

@@ -20,12 +20,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
+
 from rayapp.config import Config, FinetuneConfig
 from rayapp.frames import FrameSpec
 from rayapp.models.nets import ModelSpec
 from rayapp.rl.env import ENV_NAME, env_config, register
 
-__all__ = ["learner_placement", "dqn_config", "build_algorithm", "resource_bundles", "eval_tasks", "training_intensity", "uses_demos"]
+__all__ = ["GAME_PC", "runner_resources", "learner_placement", "dqn_config", "build_algorithm", "resource_bundles", "eval_tasks", "training_intensity", "uses_demos"]
+
+GAME_PC = "game_pc"  # the custom resource a game PC advertises: `ray start --resources='{"game_pc": 1}'`
 
 
 def learner_placement(f: FinetuneConfig) -> tuple[int, float]:
@@ -46,6 +51,7 @@ def dqn_config(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None
 
     f = cfg.finetune
     register()
+    screen = cfg.env.backend == "screen"
     if f.epsilon_steps > 0:
         epsilon: Any = [[0, f.epsilon_start], [f.epsilon_steps, f.epsilon]]
     else:
@@ -55,11 +61,17 @@ def dqn_config(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None
         DQNConfig(algo_class=DQfD)
         .environment(
             ENV_NAME,
-            env_config=env_config(cfg.env, frames, f.clip_rewards, cfg.inputs),
+            # the spaces too: a runner on a game PC without its game builds a MissingGame from them
+            env_config={**env_config(cfg.env, frames, f.clip_rewards, cfg.inputs), "obs_shape": list(spec.input_shape),
+                        "n_actions": spec.controls[0][1]},  # fmt: skip
             # discrete actions: nothing to unsquash or clip, and the connector that would deep-copies
             # every action batch first (2.6% of an env runner's time)
             normalize_actions=False,
             clip_actions=False,
+            # the spaces are known here: RLlib need not ask a remote runner, which on a game PC
+            # may be the one that is missing or broken
+            observation_space=gym.spaces.Box(0, 255, tuple(spec.input_shape), np.uint8),
+            action_space=gym.spaces.Discrete(spec.controls[0][1]),
         )
         # finiteness is checked once per update in the learner, which skips a non-finite update whole
         .framework("torch", torch_skip_nan_gradients=True)
@@ -69,7 +81,9 @@ def dqn_config(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None
             rollout_fragment_length=f.rollout_fragment_length,
             num_cpus_per_env_runner=f.cpus_per_env_runner,
             num_gpus_per_env_runner=0,  # acting stays on CPU nodes, whatever the learner uses
-            custom_resources_per_env_runner={k: float(v) for k, v in f.env_runner_resources.items()},
+            custom_resources_per_env_runner=runner_resources(cfg),
+            # a game PC without a display or game window fails its runner, not the whole run
+            validate_env_runners_after_construction=not screen,
             # the replay buffer takes list-based episodes as they are: stacking each fragment into
             # arrays in the env runner cost ~8% of its time (fresh 250 KB arrays page-fault here)
             episodes_to_numpy=False,
@@ -131,10 +145,23 @@ def dqn_config(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None
             restart_failed_env_runners=True,
             max_num_env_runner_restarts=100,
             delay_between_env_runner_restarts_s=1.0,
+            # every iteration waits this long for runners being restarted (a game PC that went away
+            # and has not come back): RLlib's 30 s default would stall training that long each time
+            env_runner_health_probe_timeout_s=f.env_runner_probe_timeout_s,
         )
         .callbacks(on_episode_end=_on_episode_end)
         .debugging(seed=cfg.run.seed if seed is None else seed, log_level="ERROR")
     )
+
+
+def runner_resources(cfg: Config) -> dict[str, float]:
+    """Custom resources of one env runner: `finetune.env_runner_resources`; on the screen, at least
+    one `game_pc`, so a game PC (a node started with `--resources='{"game_pc": 1}'`) runs exactly
+    one runner, driving its own screen and inputs."""
+    res = {k: float(v) for k, v in cfg.finetune.env_runner_resources.items()}
+    if cfg.env.backend == "screen":
+        res.setdefault(GAME_PC, 1.0)
+    return res
 
 
 def uses_demos(f: FinetuneConfig) -> bool:
@@ -167,7 +194,7 @@ def resource_bundles(cfg: Config, driver_cpus: float, driver_gpus: float = 0.0) 
     # RLlib's "auto" CPUs per learner: 1 for a CPU learner, 0 beside a GPU
     bundles += [{"CPU": 0.0 if gpus else 1.0, "GPU": gpus} for _ in range(num_learners)]
     runner = {"CPU": float(f.cpus_per_env_runner), "GPU": 0.0}
-    runner.update({k: float(v) for k, v in f.env_runner_resources.items()})
+    runner.update(runner_resources(cfg))
     bundles += [dict(runner) for _ in range(f.num_env_runners)]
     if f.eval_episodes:
         bundles += [{"CPU": float(cfg.eval.cpus_per_worker)} for _ in range(eval_tasks(cfg, f.eval_episodes))]

@@ -10,6 +10,8 @@ preprocesses with the same frame spec).
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 from typing import Any
 
 import gymnasium as gym
@@ -19,10 +21,10 @@ from rayapp.config import EnvConfig, InputsConfig
 from rayapp.envs.atari import make_atari_env
 from rayapp.envs.screen import ScreenEnv
 from rayapp.envs.wrappers import PixelStack
-from rayapp.errors import ConfigError
+from rayapp.errors import CaptureError, ConfigError, InputDeviceError, RayappError
 from rayapp.frames import FrameSpec
 
-__all__ = ["ENV_NAME", "ClipReward", "ScoreInfo", "make_pixel_env", "register", "env_config"]
+__all__ = ["ENV_NAME", "MissingGame", "ClipReward", "ScoreInfo", "make_pixel_env", "register", "env_config"]
 
 ENV_NAME = "rayapp-pixels"
 
@@ -53,6 +55,48 @@ class ClipReward(gym.RewardWrapper):
 BACKENDS = ("atari", "screen")
 
 
+class MissingGame(gym.Env):
+    """What an env runner on a game PC without its game gets (no display, no game window, no input
+    device): the spaces the trainer expects, and the PC's error at every reset and step.
+
+    RLlib asks the first env runner for the spaces while it builds the algorithm; a runner that
+    failed in its constructor would fail the whole run there. This way it fails when it samples:
+    RLlib takes it out of service with the error in the driver's log, samples from the other
+    game PCs, and the runner plays again once the game is back (a reset builds the real env)."""
+
+    def __init__(self, config: dict[str, Any], error: Exception):
+        self.observation_space = gym.spaces.Box(0, 255, tuple(config["obs_shape"]), np.uint8)
+        self.action_space = gym.spaces.Discrete(int(config["n_actions"]))
+        display = config["env"].get("display") or os.environ.get("DISPLAY", "no DISPLAY")
+        self.error = f"game PC {socket.gethostname()} ({display}): {error}"
+        self.config, self.game = config, None
+
+    def _game(self):
+        """The real env once the game is back (built at a reset), else None."""
+        if self.game is None:
+            try:
+                c = self.config
+                self.game = ScreenEnv(EnvConfig(**c["env"]), InputsConfig(**c.get("inputs", {})),
+                                      FrameSpec.from_json(c["frames"]))  # fmt: skip
+            except (CaptureError, InputDeviceError):
+                return None
+        return self.game
+
+    def reset(self, *, seed=None, options=None):
+        if self._game() is None:
+            raise RayappError(self.error)
+        return self.game.reset(seed=seed, options=options)
+
+    def step(self, action):
+        if self.game is None:
+            raise RayappError(self.error)
+        return self.game.step(action)
+
+    def close(self) -> None:
+        if self.game is not None:
+            self.game.close()
+
+
 def env_config(
     env: EnvConfig, frames: FrameSpec, clip_rewards: bool, inputs: InputsConfig | None = None
 ) -> dict[str, Any]:
@@ -72,7 +116,12 @@ def make_pixel_env(config: dict[str, Any]) -> gym.Env:
     if backend == "atari":
         env: gym.Env = PixelStack(make_atari_env(env_cfg), frames)
     elif backend == "screen":
-        env = ScreenEnv(env_cfg, InputsConfig(**config.get("inputs", {})), frames)
+        try:
+            env = ScreenEnv(env_cfg, InputsConfig(**config.get("inputs", {})), frames)
+        except (CaptureError, InputDeviceError) as e:
+            if not config.get("obs_shape"):
+                raise
+            env = MissingGame(config, e)
     else:
         raise ConfigError(f"env.backend={backend!r}: expected one of {', '.join(BACKENDS)}")
     env = ScoreInfo(env)

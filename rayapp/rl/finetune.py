@@ -43,8 +43,9 @@ from rayapp.models.nets import ModelSpec, build_model
 from rayapp.progress import Progress
 from rayapp.replay.reader import ReplayDataset
 from rayapp.rl import checkpoints as ckpt
-from rayapp.rl.dqn_config import build_algorithm, eval_tasks, uses_demos
+from rayapp.rl.dqn_config import build_algorithm, eval_tasks, runner_resources, uses_demos
 from rayapp.rl.offline import DemoStats, demo_episodes
+from rayapp.rl.runners import RunnerWatch
 from rayapp.rl.selection import BestPolicy
 from rayapp.runs import save_resolved_config
 from rayapp.runtime import init_ray, require_resources
@@ -212,7 +213,7 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
             raise RayappError(f"no training episodes in {cfg.data_uri} to learn from")
     save_resolved_config(cfg, "finetune")
     init_ray(cfg.ray)
-    require_resources(f.env_runner_resources, "finetune.env_runner_resources")
+    require_resources(runner_resources(cfg), "finetune.env_runner_resources", f.num_env_runners, "env runners")
     algo = build_algorithm(cfg, spec, frames)
     if first_demo is not None:  # before the restore, which brings back their priorities
         try:
@@ -312,6 +313,7 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
             else None
         )
         t_last, s_last, u_last = time.perf_counter(), steps, algo.updates
+        runners = RunnerWatch(algo, f.num_env_runners, lambda s: print(s, flush=True))
         while steps < f.online_steps:
             out = algo.train()
             new_steps = int(_value(out, "env_runners", "num_env_steps_sampled_lifetime", default=steps))
@@ -334,6 +336,8 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
                 "fault/env_runner_restarts": _value(
                     out, "fault_tolerance", "num_remote_worker_restarts", default=0
                 ),
+                "fault/env_runners_healthy": runners.update(new_steps),
+                "wall_time": time.time(),
                 "updates": algo.updates,
             }
             t_last, s_last, u_last = now, new_steps, algo.updates
@@ -368,7 +372,7 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
         result.policy = best.policy or final["policy"]
 
         summary = {"policy": result.policy, "final_policy": result.final_policy, "env_steps": steps, "updates": algo.updates,
-                   "demo": result.demo, "curve": [{k: p[k] for k in ("env_steps", "phase", "mean", "std")} for p in result.curve]}  # fmt: skip
+                   "demo": result.demo, "env_runner_changes": runners.changes, "curve": [{k: p[k] for k in ("env_steps", "phase", "mean", "std")} for p in result.curve]}  # fmt: skip
         write_bytes_atomic(folder.join("result.json"), (json.dumps(summary, indent=2) + "\n").encode())
         if on_eval is not None and final["phase"] == "final":
             on_eval(final)
