@@ -130,3 +130,20 @@ def test_the_layer_check_sees_a_violation():
     assert found == [("rayapp.cli", True)]
     assert _group("rayapp.cli")[0] > _group("rayapp.replay.reader")[0]
     assert _group("rayapp.rl.finetune")[1] != _group("rayapp.train.bc")[1]
+
+
+def test_the_game_pc_side_runs_without_ray():
+    """Capture, inputs, reward sources and ScreenEnv's loop import no Ray (nor torch): a thin client
+    speaking RLlib's external-env protocol can drive a Windows game PC that has no Ray on it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import rayapp.envs.screen, rayapp.envs.screen.env, rayapp.envs.screen.rewards, rayapp.envs.inputs\n"
+        "import rayapp.envs.inputs.listen, rayapp.envs.screen.game_api\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch'))\n"
+        "assert not bad, bad[:5]\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

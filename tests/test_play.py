@@ -424,3 +424,38 @@ def test_the_gamepad_console_shows_what_the_dead_zones_made_of_the_outputs():
     pad.apply([2])
     assert pad.describe() == "-"
     pad.close()
+
+
+def test_a_player_follows_a_training_run_and_plays_every_policy_it_exports(bc_run, tmp_path):
+    """The seeds' "trainer sends weights to the players" loop, through the checkpoint location:
+    `rayapp finetune` exports policies (finetune/latest.json) while a player follows the run."""
+    import shutil
+
+    from rayapp.play.player import Player
+    from rayapp.rl.finetune import finetune
+
+    run = tmp_path / "run"
+    shutil.copytree(bc_run, run)  # the BC policy plays first (pretrain/best.json)
+    train = load_config(SMOKE, [f"run.dir={run}", "finetune.num_env_runners=0", "finetune.offline_updates=20",
+                                "finetune.online_steps=256", "finetune.eval_every_steps=128", "finetune.eval_episodes=1",
+                                "finetune.checkpoint_every_steps=0", "eval.max_episode_steps=60"])  # fmt: skip
+    player = Player(emulator_cfg(tmp_path, "play.follow=latest", "play.reload_poll_s=0.2", "play.fps=30"), str(run),
+                    say=lambda s: None)  # fmt: skip
+    assert player.ckpt.path == resolve_checkpoint(bc_run)
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(player.run()), daemon=True)
+    thread.start()
+    try:
+        result = finetune(train)
+        deadline = time.monotonic() + 10  # the last export, seen within a poll or two
+        while not [e for e in player.events if e["event"] == "reload" and e["checkpoint"] == result.final_policy]:
+            assert time.monotonic() < deadline, [e for e in player.events if e["event"] == "reload"]
+            time.sleep(0.1)
+    finally:
+        player.stop()
+        thread.join(timeout=30)
+    reloads = [e["checkpoint"] for e in player.events if e["event"] == "reload"]
+    exported = [p["policy"] for p in result.curve]
+    assert len(reloads) >= 2 and set(reloads) <= set(exported), (reloads, exported)
+    assert reloads[-1] == result.final_policy
+    assert out["stopped_by"] == "stop()" and out["steps"] > 0

@@ -50,6 +50,8 @@ class _Stop:
     def __init__(self) -> None:
         self.reason = ""
         self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             for name in ("SIGINT", "SIGTERM", "SIGHUP"):
                 if hasattr(signal, name):
@@ -105,6 +107,7 @@ class Player:
             raise
         self.video = VideoClip(self.p.video, self.p.video_steps, 15) if self.p.video else None
         self.stats = LoopStats()
+        self._stop = _Stop()
         self.paused = False
         self.reloaded_at: list[int] = []
 
@@ -127,8 +130,13 @@ class Player:
     def event(self, kind: str, **info: Any) -> None:
         self.events.append({"event": kind, "step": self.stats.steps, "time": time.time(), **info})
 
+    def stop(self, reason: str = "stop()") -> None:
+        """End the loop at the next step (from another thread: a trainer done, a supervisor)."""
+        self._stop.reason = self._stop.reason or reason
+
     def run(self) -> dict[str, Any]:
-        stop, stopped_by, scores = _Stop(), "", []
+        stop, stopped_by, scores = self._stop, "", []
+        stop.install()
         # The watcher loads new weights in a thread; with Python's default 5 ms switch interval the
         # loop waits up to that long for the GIL at every wake-up while it does (measured: frames
         # dropped at 60 fps around each reload). 0.5 ms hands it back within a frame's budget.
