@@ -12,8 +12,8 @@ rate moved. The test bed for tests/test_game_pcs.py too (`GamePcCluster`).
     python benchmarks/game_pcs.py --bc-run RUN          # 2 game PCs, 3,000 online steps
     python benchmarks/game_pcs.py --bc-run RUN --quick  # 2 game PCs, 900 steps
 
-Stall: the longest gap between two training iterations around the loss and around the return,
-against the median gap. The last line is one JSON object.
+Stall: the longest gap between two training iterations while the PC is away and in the minute
+after it is started again, against the median gap; the env-step rate with both PCs and with one. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def main() -> None:
             if "off" not in events and done >= steps // 3:
                 events["off"] = time.time()
                 cluster.pcs[-1].switch_off()
-            if "off" in events and "on" not in events and time.time() - events["off"] > 20:
+            if "off" in events and "on" not in events and time.time() - events["off"] > 45:
                 events["on"] = time.time()
                 cluster.pcs[-1].start()
             time.sleep(0.5)
@@ -248,11 +248,19 @@ def stalls(run: str, events: dict) -> dict:
     healthy = [int(float(r.get("fault/env_runners_healthy") or 0)) for r in rows]
     gaps = [b - a for a, b in zip(times, times[1:])]
     out: dict = {"iterations": len(rows), "median_gap_s": round(sorted(gaps)[len(gaps) // 2], 2) if gaps else None}
-    windows = {"off": (events.get("off"), events.get("on", float("inf"))), "on": (events.get("on"), float("inf"))}
+    # the longest gap between two iterations that overlaps the PC's absence (from switching it off
+    # to starting it again), and the one that overlaps the minute after it started again
+    windows = {"off": (events.get("off"), events.get("on", float("inf"))), "on": (events.get("on"), events.get("on", 0) + 60)}
     for name, (start, end) in windows.items():
         if start is not None:
-            near = [g for b, g in zip(times[1:], gaps) if start <= b < end]
+            near = [g for a, b, g in zip(times, times[1:], gaps) if b > start and a < end]
             out[f"max_gap_after_{name}_s"] = round(max(near), 2) if near else None
+    steps = [int(float(r["step"])) for r in rows]
+    for name, sel in (("two_pcs", lambda t: t < events.get("off", float("inf"))),
+                      ("one_pc", lambda t: events.get("off", float("inf")) < t < events.get("on", 0))):  # fmt: skip
+        pts = [(t, s) for t, s in zip(times, steps) if sel(t)]
+        if len(pts) > 2:
+            out[f"steps_per_s_{name}"] = round((pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0]), 2)
     lost = next((t for t, h, p in zip(times[1:], healthy[1:], healthy) if h < p), None)
     back = next((t for t, h, p in zip(times[1:], healthy[1:], healthy) if lost and t > lost and h > p), None)
     out["runner_lost_after_s"] = round(lost - events["off"], 1) if lost and "off" in events else None

@@ -30,7 +30,6 @@ import platform
 import sys
 import tempfile
 import threading
-import time
 
 import numpy as np
 
@@ -39,12 +38,10 @@ ROOT = os.path.join(HERE, "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from screen import start_arcade, start_xvfb  # noqa: E402
+from screen import capture_rates, start_arcade, start_xvfb  # noqa: E402
 
 from rayapp.config import load_config  # noqa: E402
-from rayapp.envs.screen import ScreenEnv  # noqa: E402
-from rayapp.envs.screen.capture import open_mss  # noqa: E402
-from rayapp.frames import FrameSpec, FrameStacker  # noqa: E402
+from rayapp.frames import FrameSpec  # noqa: E402
 from rayapp.models.checkpoint import save_policy, write_best  # noqa: E402
 from rayapp.models.nets import ModelSpec, build_model  # noqa: E402
 from rayapp.play.player import Player  # noqa: E402
@@ -62,34 +59,6 @@ def policy(folder: str, seed: int) -> str:
     spec = ModelSpec((frames.frame_stack, 84, 84), (("action", 4),))
     game = {"game": "Breakout", "env_id": "ALE/Breakout-v5", "actions": [LABELS], "frame_rate": 15.0}
     return save_policy(folder, build_model(spec), spec, frames, game, {}, {"stage": "pretrain"}, replace=True)
-
-
-def capture_rates(cfg, grabs: int, rounds: int) -> dict:
-    env = ScreenEnv(cfg.env, cfg.inputs, FrameSpec())
-    stacker = FrameStacker(FrameSpec(), env.raw_shape)
-    stacker.reset(env.capture.grab())
-    v = env.capture.visible
-    region = {"left": v.left, "top": v.top, "width": v.width, "height": v.height}
-    sct = open_mss(cfg.env.display)
-
-    def ours() -> float:
-        t0 = time.perf_counter()
-        for _ in range(grabs):
-            stacker.push(env.capture.grab())
-        return grabs / (time.perf_counter() - t0)
-
-    def bare() -> float:
-        t0 = time.perf_counter()
-        for _ in range(grabs):
-            np.asarray(sct.grab(region))
-        return grabs / (time.perf_counter() - t0)
-
-    ours(), bare()
-    pairs = [(ours(), bare()) for _ in range(rounds)]
-    env.close()
-    sct.close()
-    return {"capture_fps": round(float(np.median([p[0] for p in pairs])), 1),
-            "bare_grab_fps": round(float(np.median([p[1] for p in pairs])), 1)}  # fmt: skip
 
 
 def play(run: str, tmp: str, steps: int, fps: float, poll_s: float = 0.0) -> Player:
@@ -118,7 +87,8 @@ def main() -> None:
         tmp = tempfile.mkdtemp(prefix="live-loop-")
         run = os.path.join(tmp, "trainer")
         write_best(run, "pretrain", policy(os.path.join(tmp, "p0"), 0), {})
-        out.update(capture_rates(load_config(CONFIG), grabs, 3))
+        rates = capture_rates(load_config(CONFIG), grabs, 3)  # benchmarks/screen.py part 1
+        out.update(capture_fps=rates["capture_fps"], bare_grab_fps=rates["bare_fps"])
 
         free = play(run, os.path.join(tmp, "free"), n_free, 0).summary
         out.update(pps=free["steps_per_s"], pps_over_capture_fps=round(free["steps_per_s"] / out["capture_fps"], 3),

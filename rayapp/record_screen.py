@@ -22,8 +22,6 @@ loses at most the shard in progress.
 from __future__ import annotations
 
 import secrets
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -42,6 +40,7 @@ from rayapp.replay.dataset import create_dataset, write_session
 from rayapp.replay.schema import ActionControl, DatasetInfo, ObservationSpec, choose_encoding
 from rayapp.replay.writer import ReplayWriter
 from rayapp.runs import save_resolved_config
+from rayapp.signals import StopSignals
 from rayapp.storage import resolve
 
 __all__ = ["SCREEN_EXTRAS", "ScreenRecordSummary", "record_screen", "screen_dataset_info"]
@@ -108,26 +107,6 @@ def screen_dataset_info(cfg: Config, reader, shape: tuple[int, ...], session: st
     )
 
 
-class _Stop:
-    """Ctrl+C, SIGTERM and SIGHUP end the recording at the next frame, cleanly (main thread only)."""
-
-    def __init__(self) -> None:
-        self.reason = ""
-        self._old: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-                if hasattr(signal, name):
-                    s = getattr(signal, name)
-                    self._old[s] = signal.signal(s, self._stop)
-
-    def _stop(self, signum, frame) -> None:
-        self.reason = self.reason or signal.Signals(signum).name
-
-    def restore(self) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def record_screen(cfg: Config, show_progress: bool = True) -> ScreenRecordSummary:
     """Record the person at the screen into `data.uri` until the budget is met or they stop it."""
     r, e = cfg.record, cfg.env
@@ -171,7 +150,7 @@ class _Loop:
         )
         self.score = 0.0
 
-    def want_more(self, stop: _Stop) -> bool:
+    def want_more(self, stop: StopSignals) -> bool:
         r = self.cfg.record
         if stop.reason:
             return False
@@ -181,7 +160,7 @@ class _Loop:
         return not (r.episodes and ended >= r.episodes)
 
     def run(self) -> None:
-        s, stop = self.summary, _Stop()
+        s, stop = self.summary, StopSignals(names={})
         t0 = time.perf_counter()
         try:
             while self.want_more(stop):
@@ -201,7 +180,7 @@ class _Loop:
                     "stopped_by": s.stopped_by, "config": config_to_dict(self.cfg),
                 })  # fmt: skip
 
-    def episode(self, stop: _Stop) -> None:
+    def episode(self, stop: StopSignals) -> None:
         cap, clock, w, cfg = self.capture, self.clock, self.writer, self.cfg
         eid = w.begin_episode()
         cap.locate()

@@ -25,6 +25,7 @@ LAYERS: list[list[str]] = [
         "rayapp.metrics",
         "rayapp.logs",
         "rayapp.console",
+        "rayapp.signals",
     ],  # fmt: skip
     ["rayapp.replay"],
     ["rayapp.models"],

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from typing import Any
 
@@ -35,36 +33,10 @@ from rayapp.play.recorder import PlayRecorder
 from rayapp.play.reload import CheckpointWatcher, checkpoint_age_s
 from rayapp.play.stats import ConsoleLine, LoopStats, format_outputs
 from rayapp.play.video import VideoClip
+from rayapp.signals import StopSignals
 from rayapp.storage import resolve, write_bytes_atomic
 
 __all__ = ["Player", "play"]
-
-
-class _Stop:
-    """Ctrl+C, SIGTERM and SIGHUP end the loop at the next step, through the releases (main thread
-    only). SIGINT gets a handler of its own too: a process started in the background of a shell
-    begins with SIGINT ignored, and Python then never raises KeyboardInterrupt."""
-
-    NAMES = {"SIGINT": "Ctrl+C"}
-
-    def __init__(self) -> None:
-        self.reason = ""
-        self._old: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-                if hasattr(signal, name):
-                    s = getattr(signal, name)
-                    self._old[s] = signal.signal(s, self._stop)
-
-    def _stop(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        self.reason = self.reason or self.NAMES.get(name, name)
-
-    def restore(self) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 class Player:
@@ -107,7 +79,7 @@ class Player:
             raise
         self.video = VideoClip(self.p.video, self.p.video_steps, 15) if self.p.video else None
         self.stats = LoopStats()
-        self._stop = _Stop()
+        self._stop = StopSignals(install=False)
         self.paused = False
         self.reloaded_at: list[int] = []
 
@@ -164,7 +136,7 @@ class Player:
             sys.setswitchinterval(switch)
         return self._finish(stopped_by, scores)
 
-    def _episode(self, stop: _Stop) -> tuple[float, str]:
+    def _episode(self, stop: StopSignals) -> tuple[float, str]:
         env, st, rec = self.env, self.stats, self.recorder
         obs, info = env.reset()
         self.agent.reset()
@@ -229,7 +201,7 @@ class Player:
             f"play: new weights at step {self.stats.steps:,}: {ready.uri} (loaded in {ready.seconds:.2f} s)"
         )
 
-    def _pause(self, stop: _Stop) -> None:
+    def _pause(self, stop: StopSignals) -> None:
         """The kill switch: everything released, nothing sent until the key comes again."""
         self.env.release()
         self.paused = True
