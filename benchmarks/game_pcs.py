@@ -10,7 +10,9 @@ reads from `finetune/metrics.csv` when the runner count dropped and came back an
 rate moved. The test bed for tests/test_game_pcs.py too (`GamePcCluster`).
 
     python benchmarks/game_pcs.py --bc-run RUN          # 2 game PCs, 3,000 online steps
-    python benchmarks/game_pcs.py --bc-run RUN --quick  # 2 game PCs, 900 steps
+    python benchmarks/game_pcs.py --bc-run RUN --quick  # 2 game PCs, 900 steps: about 2 minutes, not 1
+                                                        # (Ray takes ~15 s to call a node lost and
+                                                        # ~20 s to bring its runner back)
 
 Stall: the longest gap between two training iterations while the PC is away and in the minute
 after it is started again, against the median gap; the env-step rate with both PCs and with one. The last line is one JSON object.
@@ -120,9 +122,16 @@ class GamePc:
         )  # fmt: skip
 
     def raylet_pid(self) -> int | None:
-        out = subprocess.run(["pgrep", "-g", str(self.node.pid), "-f", "raylet"], capture_output=True, text=True)
-        pids = [int(p) for p in out.stdout.split()]
-        return pids[0] if pids else None
+        """The raylet of this node: the process named raylet in its `ray start` process group (/proc)."""
+        for pid in (int(d) for d in os.listdir("/proc") if d.isdigit()):
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    name = f.read().strip()
+                if name == "raylet" and os.getpgid(pid) == self.node.pid:
+                    return pid
+            except (OSError, ProcessLookupError):
+                continue
+        return None
 
     def switch_off(self) -> None:
         """The PC goes away: its raylet killed by pid, then everything else of that node."""

@@ -163,8 +163,9 @@ def test_play_drives_the_arcade_and_takes_new_weights_mid_game_without_a_dropped
     api_arcade, display, bc_run, tmp_path
 ):
     run = trainer_run(tmp_path, bc_run)
-    p = PlayProcess(display, str(run), tmp_path / "play", api_arcade.port, "play.steps=150",
-                    f"play.record={tmp_path / 'played'}", "play.mode=sampled")  # fmt: skip
+    # one full short episode: ScreenEnv ends it at 150 steps, and play.episodes=1 stops the player
+    p = PlayProcess(display, str(run), tmp_path / "play", api_arcade.port, "env.max_episode_steps=150",
+                    "play.episodes=1", f"play.record={tmp_path / 'played'}", "play.mode=sampled")  # fmt: skip
     assert p.steps() >= 1
     while p.steps() < 30:
         pass
@@ -176,7 +177,7 @@ def test_play_drives_the_arcade_and_takes_new_weights_mid_game_without_a_dropped
     rc = p.proc.wait(timeout=90)
     assert rc == 0, "\n".join(p.seen[-20:])
     summary = json.loads((tmp_path / "play" / "play" / "summary.json").read_text())
-    assert summary["steps"] == 150 and summary["stopped_by"] == "play.steps"
+    assert summary["steps"] == 150 and summary["episodes"] == 1 and summary["stopped_by"] == "play.episodes"
     reload = next(e for e in p.events() if e["event"] == "reload")
     assert reload["checkpoint"] == newer
     # seen within one poll interval (0.5 s) of the write, plus the load itself
@@ -192,7 +193,7 @@ def test_play_drives_the_arcade_and_takes_new_weights_mid_game_without_a_dropped
     table = read_all(str(tmp_path / "played"), ["frame", "action", "truncated"])
     frames = np.asarray(table["frame"].to_pylist())
     assert len(frames) == 150 and (np.diff(frames[k - 5 : k + 5]) == 1).all(), frames
-    assert table["truncated"].to_pylist()[-1] is True  # the step budget cut the episode: said so
+    assert table["truncated"].to_pylist()[-1] is True  # the episode's step cap ended it: said so
     assert summary["record"]["steps_written"] == 150 and summary["record"]["error"] is None
     assert held_keys(display) == []
 
@@ -459,3 +460,35 @@ def test_a_player_follows_a_training_run_and_plays_every_policy_it_exports(bc_ru
     assert len(reloads) >= 2 and set(reloads) <= set(exported), (reloads, exported)
     assert reloads[-1] == result.final_policy
     assert out["stopped_by"] == "stop()" and out["steps"] > 0
+
+
+def test_the_watcher_follows_a_run_on_s3(bc_run, tmp_path, bucket):
+    from rayapp.play.reload import CheckpointWatcher
+
+    bc = resolve_checkpoint(bc_run)
+    run = f"s3://{bucket}/runs/live"
+    write_best(run, "pretrain", new_weights(bc, tmp_path / "unused", 1.0), {})  # a local policy to start
+    first = load_policy(resolve_checkpoint(run)).path
+    w = CheckpointWatcher(run, "best", 3600, first, lambda ck: ck, lambda s: None)
+    try:
+        assert w.poll() is None
+        uploaded = new_weights(bc, f"{run}/policies/p1")  # the trainer uploads a new policy, then its marker
+        write_best(run, "pretrain", uploaded, {})
+        ready = w.poll()
+        assert ready is not None and ready.uri == uploaded and ready.checkpoint.path == uploaded
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("ext", [".gif", ".mp4"])
+def test_the_video_holds_the_first_frames_of_the_session(bc_run, tmp_path, ext):
+    import imageio.v3 as iio
+
+    from rayapp.play.player import Player
+
+    clip = tmp_path / f"clip{ext}"
+    out = Player(emulator_cfg(tmp_path, "play.steps=40", f"play.video={clip}", "play.video_steps=25"), bc_run,
+                 say=lambda s: None).run()  # fmt: skip
+    assert out["video"] == str(clip)
+    frames = iio.imread(clip, index=None, **({"plugin": "pyav"} if ext == ".mp4" else {}))
+    assert len(frames) == 25 and frames.shape[-1] == 3 and frames[0].shape[0] >= 210
