@@ -29,7 +29,7 @@ __all__ = ["main", "build_parser"]
 
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {}
 # commands that run Ray: they keep a log file (rayapp.console), the console ends with one error line
-RAY_COMMANDS = ("record", "pretrain", "finetune", "sweep", "evaluate", "pipeline")
+RAY_COMMANDS = ("record", "pretrain", "finetune", "sweep", "evaluate", "pipeline", "lam")
 
 
 def command(name: str) -> Callable:
@@ -130,6 +130,31 @@ def _play(cfg: Config, args: argparse.Namespace) -> int:
     from rayapp.play.player import play
 
     play(cfg, args.checkpoint or cfg.run.dir)
+    return 0
+
+
+@command("lam")
+def _lam(cfg: Config, args: argparse.Namespace) -> int:
+    if args.checkpoint:
+        set_key(cfg, "lam.checkpoint", args.checkpoint, "--checkpoint")
+    if args.lam_command == "train":
+        from rayapp.train.lam import train_lam
+
+        r = train_lam(cfg)
+        shown = {k: round(v, 3) for k, v in r.metrics.items() if k.startswith("val/") and isinstance(v, float)}
+        print(f"best latent action model {r.checkpoint} (step {r.metrics.get('step')}): {shown}")
+    elif args.lam_command == "label":
+        from rayapp.train.lam_label import label_dataset
+
+        print(label_dataset(cfg, args.input or cfg.data_uri, args.output).line())
+    elif args.lam_command == "dream":
+        from rayapp.train.lam_dream import dream
+
+        print(dream(cfg, args.out, codes=args.codes))
+    else:
+        from rayapp.train.lam_map import map_to_controls
+
+        print(map_to_controls(cfg).line())
     return 0
 
 
@@ -250,6 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     ply.add_argument("--env", choices=["atari", "screen"], help="short for --set env.backend=ENV")
     ply.add_argument("--record", metavar="URI", help="record what is played there (short for --set play.record=URI)")
     ply.add_argument("--video", metavar="FILE", help="a .gif or .mp4 of the first play.video_steps frames")
+
+    lam = sub.add_parser("lam", parents=[common], help="latent actions: learn them from video, label, dream, map to controls")
+    lam_sub = lam.add_subparsers(dest="lam_command", required=True, metavar="LAM_COMMAND")
+    lam_train = lam_sub.add_parser("train", parents=[common], help="train the latent action model on data.uri's frame pairs (Ray Train)")
+    lam_label = lam_sub.add_parser("label", parents=[common], help="write --input again with a latent_action column, to --output (Ray Data)")
+    lam_label.add_argument("--input", metavar="URI", help="the dataset to label (default: data.uri)")
+    lam_label.add_argument("--output", metavar="URI", required=True, help="where the labelled dataset goes")
+    lam_dream = lam_sub.add_parser("dream", parents=[common], help="roll the model forward from a real frame under chosen codes, as a GIF")
+    lam_dream.add_argument("--out", metavar="FILE.gif", help="the GIF (default: <run.dir>/lam/dream.gif)")
+    lam_dream.add_argument("--codes", type=int, nargs="+", metavar="CODE", help="the code sequence (short for lam.dream_codes)")
+    lam_map = lam_sub.add_parser("map", parents=[common],
+                                 help="a head on a latent-action BC network, trained on labelled data.uri episodes: a policy for the real controls")
+    for sp in (lam_train, lam_label, lam_dream, lam_map):
+        sp.add_argument("--checkpoint", help="the LAM (label, dream) or latent BC run (map): a run folder or a checkpoint folder")
+    # fmt: skip
 
     cal = sub.add_parser(
         "calibrate-score",

@@ -33,7 +33,7 @@ LAYERS: list[list[str]] = [
     ["rayapp.envs", "rayapp.envs.inputs", "rayapp.envs.screen"],
     ["rayapp.data"],
     # the stages: peers, never each other (record_screen: `rayapp record --source screen`, a person at the screen)
-    ["rayapp.record", "rayapp.record_screen", "rayapp.train", "rayapp.rl", "rayapp.evaluate"],
+    ["rayapp.record", "rayapp.record_screen", "rayapp.import_video", "rayapp.train", "rayapp.rl", "rayapp.evaluate"],
     ["rayapp.report", "rayapp.tune", "rayapp.pipeline"],
     ["rayapp.play", "rayapp.cli"],  # play: the live player and `rayapp arcade` (pygame imported lazily)
 ]

@@ -31,6 +31,7 @@ from rayapp.config.sections import (
     RunConfig,
     SweepConfig,
 )
+from rayapp.config.lam import LamConfig, VideoConfig
 from rayapp.config.tree import Config
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
     "FinetuneConfig",
     "EvalConfig",
     "SweepConfig",
+    "VideoConfig",
+    "LamConfig",
     "config_from_dict",
     "config_to_dict",
     "describe_keys",

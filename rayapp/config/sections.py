@@ -73,9 +73,9 @@ class DataConfig:
     clip_length: int = opt(
         0, "recurrent models: samples are clips of this many steps (100 = 10 s at 10 fps); 0: single steps"
     )
-    label: Literal["action", "teacher_action"] = opt(
+    label: Literal["action", "teacher_action", "latent_action"] = opt(
         "action",
-        "the label to imitate: the action taken, or what the teacher wanted (noisy_teacher datasets)",
+        "the label to imitate: the action taken, what the teacher wanted (noisy_teacher datasets), or the latent action of `rayapp lam label`",
     )
     # ---- splits, balance, shuffle ---------------------------------------------------------------
     val_fraction: float = opt(
@@ -83,6 +83,10 @@ class DataConfig:
     )
     test_fraction: float = opt(0.1, "share of episodes held out for testing")
     split_seed: int = opt(0, "seed of the episode split; keep it fixed so every stage sees the same split")
+    train_fraction: float = opt(
+        1.0, "train on this share of the training split's episodes only (label-efficiency studies: 0.1 = 10% of the labels)"
+    )
+    train_episodes: int = opt(0, "train on this many of the training split's episodes only (0: train_fraction decides)")
     balance: Literal["none", "weights", "resample"] = opt(
         "none",
         "action balancing at sampling time: inverse-frequency loss weights, or class-balanced resampling",
@@ -162,6 +166,12 @@ class ModelConfig:
     )
     hidden: int = opt(512, "features after the CNN's fully connected layer")
     lstm_hidden: int = opt(256, "cnn_lstm: LSTM state size")
+    init_mode: Literal["all", "trunk"] = opt(
+        "all",
+        "what model.init_checkpoint gives: every weight, or the trunk only (new output heads: a network trained on "
+        "other labels, such as latent actions, learns the real controls; `rayapp lam map`)",
+    )
+    trunk_lr: float | None = opt(None, "init_mode=trunk: learning rate of the initialised trunk (null: pretrain.lr; 0: frozen)")
     init_checkpoint: str = opt(
         "", "start from these weights: a checkpoint folder or a run folder (its best checkpoint)", path=True
     )

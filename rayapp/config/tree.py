@@ -20,6 +20,7 @@ from rayapp.config.sections import (
     RunConfig,
     SweepConfig,
 )
+from rayapp.config.lam import LamConfig, VideoConfig, validate_video_sections
 from rayapp.errors import ConfigError
 
 __all__ = ["Config"]
@@ -40,6 +41,8 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    lam: LamConfig = field(default_factory=LamConfig)
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -156,6 +159,9 @@ class Config:
         if len(i.mouse_grid) != 2 or min(i.mouse_grid) < 1:
             raise ConfigError(f"inputs.mouse_grid must be [cols, rows] >= 1, got {i.mouse_grid}")
         d = self.data
+        if not 0.0 < d.train_fraction <= 1.0 or d.train_episodes < 0:
+            raise ConfigError(f"data.train_fraction must be in (0, 1] and data.train_episodes >= 0, got "
+                              f"{d.train_fraction} and {d.train_episodes}")  # fmt: skip
         if d.max_corrupt_shards < 0:
             raise ConfigError("data.max_corrupt_shards must be >= 0")
         if len(d.resize) != 2 or min(d.resize) < 0:
@@ -226,3 +232,4 @@ class Config:
             raise ConfigError("play.epsilon in [0, 1], play.console_every_s > 0, play.video_steps >= 1")
         if p.video and not p.video.lower().endswith((".gif", ".mp4")):
             raise ConfigError(f"play.video must end in .gif or .mp4, got {p.video!r}")
+        validate_video_sections(self.video, self.lam)

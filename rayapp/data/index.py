@@ -19,10 +19,13 @@ import pyarrow.compute as pc
 
 from rayapp.errors import CorruptShardError, ReplayFormatError
 from rayapp.replay.reader import ReplayDataset, ShardCheck, ShardRef
+from rayapp.replay.schema import LATENT_VOCABULARY_MAX
 
-__all__ = ["GroupRef", "DatasetIndex", "SPLITS", "split_of"]
+__all__ = ["GroupRef", "DatasetIndex", "SPLITS", "split_of", "latent_vocabulary"]
 
 SPLITS = ("train", "val", "test")
+UNUSED = "unused"  # training episodes left out by data.train_fraction / data.train_episodes
+_SPLIT_CODE = {"train": 0, "val": 1, "test": 2, UNUSED: 3}
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,24 @@ class GroupRef:
     group: int
     rows: int
     split_rows: tuple[int, int, int]  # rows of (train, val, test) episodes in this group
+
+
+def latent_vocabulary(ds: ReplayDataset) -> int:
+    """The number of distinct `latent_action` values of a dataset labelled by `rayapp lam label`."""
+    latent = ds.info.latent
+    if "latent_action" not in ds.info.extras or not latent:
+        raise ReplayFormatError(
+            f"data.label=latent_action but {ds.uri} has no latent_action column; label it first with "
+            f"`rayapp lam label --input {ds.uri} --output URI` and train on the output"
+        )
+    vocab = int(latent.get("vocabulary", 0))
+    if not 1 < vocab <= LATENT_VOCABULARY_MAX:
+        raise ReplayFormatError(
+            f"{ds.uri}: its latent actions have a joint vocabulary of {vocab} ({latent.get('codes')} codes at "
+            f"{latent.get('positions')} positions), no action space to imitate (at most {LATENT_VOCABULARY_MAX}); "
+            "train the latent action model with fewer lam.positions or lam.codes"
+        )
+    return vocab
 
 
 def _unit(seed: int, episode_id: str) -> float:
@@ -80,15 +101,30 @@ class DatasetIndex:
     @staticmethod
     def build(
         ds: ReplayDataset,
-        label: str = "action",
+        label: str | None = "action",
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         split_seed: int = 0,
         max_corrupt_shards: int = 0,
         threads: int = 8,
+        train_fraction: float = 1.0,
+        train_episodes: int = 0,
     ) -> DatasetIndex:
+        """`train_fraction` / `train_episodes`: keep only that share / number of the training
+        split's episodes (chosen by another hash of their ids); the others are in no split."""
         info = ds.info
-        if label == "teacher_action":
+        n_controls = [c.n for c in info.actions]
+        if label is None:  # frame pairs for the latent action model: no labels at all
+            label_cols, n_controls = [], []
+        elif label == "latent_action":
+            label_cols, n_controls = ["latent_action"], [latent_vocabulary(ds)]
+        elif not info.actions:
+            raise ReplayFormatError(
+                f"{ds.uri} has no actions (unlabelled video: dataset.json's action_space is 'none'), so there is "
+                f"nothing to imitate; label it with `rayapp lam label --input {ds.uri} --output URI` and pretrain "
+                "on that with --set data.label=latent_action"
+            )
+        elif label == "teacher_action":
             if "teacher_action" not in info.extras:
                 raise ReplayFormatError(
                     f"data.label=teacher_action but {ds.uri} has no teacher_action column"
@@ -99,7 +135,6 @@ class DatasetIndex:
         else:
             label_cols = list(info.action_columns)
         idx = DatasetIndex(ds, label_cols)
-        n_controls = [c.n for c in info.actions]
 
         def scan(ref: ShardRef):
             try:
@@ -136,22 +171,33 @@ class DatasetIndex:
                 codes = enc.indices.to_numpy()
                 names = enc.dictionary.to_pylist()
                 for ci, col in enumerate(label_cols):
-                    lab = t.column(col).fill_null(0).to_numpy()
+                    codes_of = codes
+                    if col == "latent_action":  # null on an episode's last step: not a sample
+                        valid = t.column(col).is_valid().to_numpy(zero_copy_only=False)
+                        lab, codes_of = t.column(col).drop_null().to_numpy(), codes[valid]
+                    else:
+                        lab = t.column(col).fill_null(0).to_numpy()
                     if lab.size and (lab.min() < 0 or lab.max() >= n_controls[ci]):
                         raise ReplayFormatError(f"{col} outside 0..{n_controls[ci] - 1} in {ds.uri}")
                     for k, name in enumerate(names):
-                        sel = lab[codes == k]
+                        sel = lab[codes_of == k]
                         counts = ep_counts.setdefault(name, [np.zeros(n, np.int64) for n in n_controls])
                         counts[ci] += np.bincount(sel, minlength=n_controls[ci])
                 for k, name in enumerate(names):
                     ep_rows[name] += int((codes == k).sum())
         units = {e: _unit(split_seed, e) for e in ep_rows}
         idx.episode_split = split_of(units, val_fraction, test_fraction)
+        if train_fraction < 1.0 or train_episodes:
+            train = sorted((e for e, sp in idx.episode_split.items() if sp == "train"), key=lambda e: _unit(split_seed + 1, e))
+            keep = train_episodes or max(1, round(train_fraction * len(train)))
+            for e in train[keep:]:
+                idx.episode_split[e] = UNUSED
         idx.episode_rows = dict(ep_rows)
         idx.label_counts = {s: [np.zeros(n, np.int64) for n in n_controls] for s in SPLITS}
         for e, counts in ep_counts.items():
             for ci, c in enumerate(counts):
-                idx.label_counts[idx.episode_split[e]][ci] += c
+                if idx.episode_split[e] in idx.label_counts:
+                    idx.label_counts[idx.episode_split[e]][ci] += c
         # streams of row groups, per writer, in order
         for ref, groups in scanned:
             si = len(idx.shards)
@@ -159,8 +205,8 @@ class DatasetIndex:
             stream = idx.streams.setdefault(ref.writer, [])
             for g, t in enumerate(groups):
                 split_ids = np.array(
-                    [SPLITS.index(idx.episode_split[e]) for e in t.column("episode_id").to_pylist()], np.int64
+                    [_SPLIT_CODE[idx.episode_split[e]] for e in t.column("episode_id").to_pylist()], np.int64
                 )
-                per = np.bincount(split_ids, minlength=3)
+                per = np.bincount(split_ids, minlength=4)
                 stream.append(GroupRef(si, g, t.num_rows, (int(per[0]), int(per[1]), int(per[2]))))
         return idx

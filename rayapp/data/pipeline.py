@@ -30,6 +30,7 @@ __all__ = [
     "torch_batches",
     "configure_data_context",
     "train_data_config",
+    "build_pair_ingest",
 ]
 
 
@@ -97,6 +98,7 @@ class Ingest:
     class_weights: list[np.ndarray] | None
     rates: np.ndarray | None
     seed: int
+    pairs: bool = False  # samples are (frame t, frame t+1) pairs: the latent action model's
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -120,6 +122,7 @@ class Ingest:
             shuffle=train and self.cfg.shuffle_blocks,
             seed=self.seed,
             include_ids=include_ids,
+            pairs=self.pairs,
             uri_prefix="" if self.index.ds.loc.is_local else f"{self.index.ds.loc.scheme}://",
         )
 
@@ -150,14 +153,15 @@ class Ingest:
         return {s: {"episodes": len(self.index.episodes(s)), "steps": self.index.rows(s)} for s in SPLITS}
 
     def summary(self) -> dict[str, Any]:
-        labels = self.controls[0].labels or tuple(str(i) for i in range(self.controls[0].n))
+        counts = {}
+        if self.controls:
+            labels = self.controls[0].labels or tuple(str(i) for i in range(self.controls[0].n))
+            counts = {labels[i]: int(c) for i, c in enumerate(self.index.label_counts["train"][0])}
         return {
             "dataset": self.index.ds.uri,
             "input_shape": list(self.input_shape),
             "splits": self.split_sizes(),
-            "train_action_counts": {
-                labels[i]: int(c) for i, c in enumerate(self.index.label_counts["train"][0])
-            },
+            "train_action_counts": counts,
             "balance": self.cfg.balance,
             "class_weights": None
             if self.class_weights is None
@@ -171,13 +175,16 @@ def build_ingest(cfg: Config, dataset: ReplayDataset | None = None) -> Ingest:
     d = cfg.data
     ds = dataset or ReplayDataset(cfg.data_uri)
     index = DatasetIndex.build(
-        ds, d.label, d.val_fraction, d.test_fraction, d.split_seed, d.max_corrupt_shards
-    )
+        ds, d.label, d.val_fraction, d.test_fraction, d.split_seed, d.max_corrupt_shards,
+        train_fraction=d.train_fraction, train_episodes=d.train_episodes,
+    )  # fmt: skip
     if index.rows("train") == 0:
         raise RayappError(f"{ds.uri} has no training steps (splits: { {s: index.rows(s) for s in SPLITS} })")
     frames = FrameSpec.from_config(d)
     frames.frame_shape(ds.info.observation.shape)  # a crop that leaves nothing fails here
     controls = ds.info.actions
+    if d.label == "latent_action":  # BC on latent actions: one control, the LAM's vocabulary
+        controls = (ActionControl("latent_action", index_vocabulary(index)),)
     outputs = ("action",) if len(controls) == 1 else tuple(f"action_{c.name}" for c in controls)
     counts = index.label_counts["train"]
     weights = rates = None
@@ -186,6 +193,33 @@ def build_ingest(cfg: Config, dataset: ReplayDataset | None = None) -> Ingest:
     elif d.balance == "resample":
         rates = balance_factors(counts[0], d.balance_power, d.max_resample_rate)
     return Ingest(d, index, frames, controls, outputs, weights, rates, cfg.run.seed)
+
+
+def index_vocabulary(index: DatasetIndex) -> int:
+    return len(index.label_counts["train"][0])
+
+
+def build_pair_ingest(cfg: Config, frames: FrameSpec, dataset: ReplayDataset | None = None) -> Ingest:
+    """Frame pairs for the latent action model: every step with a previous step in its episode
+    becomes the 2-frame stack (frame t, frame t+1); no labels (an action column, if any, is
+    ignored); split by episode like the BC ingest (`data.val_fraction`, `data.test_fraction`)."""
+    d = cfg.data
+    ds = dataset or ReplayDataset(cfg.data_uri)
+    index = DatasetIndex.build(ds, None, d.val_fraction, d.test_fraction, d.split_seed, d.max_corrupt_shards)
+    lengths = index.episode_rows
+    single = [e for e, n in lengths.items() if n < 2]
+    pairs = {s: sum(lengths[e] - 1 for e in index.episodes(s) if lengths[e] > 1) for s in SPLITS}
+    if pairs["train"] == 0:
+        raise RayappError(
+            f"{ds.uri} has no frame pairs to train on: {len(single)} of its {len(lengths)} episodes have a single "
+            "frame and the training split has none longer (a pair needs two consecutive frames of one episode)"
+        )
+    if single:
+        print(f"lam: {len(single)} single-frame episode(s) in {ds.uri} give no pairs (e.g. {single[0]})", flush=True)
+    frames.frame_shape(ds.info.observation.shape)
+    ingest = Ingest(d, index, frames, (), (), None, None, cfg.run.seed, pairs=True)
+    ingest.pair_counts = pairs
+    return ingest
 
 
 def torch_batches(

@@ -59,6 +59,9 @@ class ReadSpec:
     block_rows: int = 1024
     extra_columns: tuple[str, ...] = field(default=())
     uri_prefix: str = ""  # what turns a filesystem path into the URI users know ("s3://"; "" locally)
+    # frame pairs (the latent action model): only rows with a previous frame in the same episode, so
+    # a 2-frame stack is a real (frame t, frame t+1) pair and never padding across an episode start
+    pairs: bool = False
 
 
 def stack_indices(segment_start: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
@@ -130,7 +133,11 @@ def read_samples(
         frames.append(pre(raw))
         eps.append(t.column("episode_id").to_numpy(zero_copy_only=False))
         steps.append(t.column("step").to_numpy())
-        labels.append([t.column(c).fill_null(0).to_numpy().astype(np.int64) for c in spec.label_columns])
+        # latent_action is null on an episode's last step (no next frame): -1, dropped below
+        labels.append(
+            [t.column(c).fill_null(-1 if c == "latent_action" else 0).to_numpy().astype(np.int64)
+             for c in spec.label_columns]
+        )  # fmt: skip
         owned.append(np.full(t.num_rows, role == "own"))
         del t, raw
     if not frames:
@@ -158,6 +165,10 @@ def read_samples(
         rows = np.flatnonzero(is_start & own & in_split)
     else:
         rows = np.flatnonzero(own & in_split)
+    if spec.pairs:
+        rows = rows[seg_start[rows] != rows]
+    if lab and spec.label_columns[0] == "latent_action":
+        rows = rows[lab[0][rows] >= 0]
     if spec.rates is not None and len(rows):
         copies = rng.poisson(spec.rates[lab[0][rows]])
         rows = np.repeat(rows, copies)

@@ -32,6 +32,7 @@ __all__ = [
     "decode_frames",
     "frames_view",
     "choose_encoding",
+    "LATENT_VOCABULARY_MAX",
 ]
 
 FORMAT = "rayapp.replay"
@@ -51,7 +52,13 @@ EXTRA_TYPES: dict[str, pa.DataType] = {
     # screen: the reward source's other extras for this step as JSON text (a game mod's state such as
     # speed and position; screen_score's reward_error), e.g. '{"speed": 12.5, "position": [3, 1, 0]}'
     "reward_info": pa.string(),
+    # `rayapp lam label`: the latent action of the pair (this step's frame, the next step's frame);
+    # one code per step (positions: 1) or the joint code of all positions when codes**positions
+    # <= LATENT_VOCABULARY_MAX; null on an episode's last step (it has no next frame)
+    "latent_action": pa.int32(),
+    "latent_codes": pa.list_(pa.int16()),  # the code of every latent position, in grid order
 }
+LATENT_VOCABULARY_MAX = 65536  # a larger joint vocabulary is no action space to imitate
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,8 @@ class DatasetInfo:
     frame_rate: float
     extras: tuple[str, ...] = ()
     recorded_by: dict[str, Any] = field(default_factory=dict)
+    # `rayapp lam label`: {"codes", "positions", "vocabulary", "model", "source"} (empty: not labelled)
+    latent: dict[str, Any] = field(default_factory=dict)
     dataset_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     format: str = FORMAT
@@ -146,6 +155,7 @@ class DatasetInfo:
             "frame_rate": self.frame_rate,
             "extras": list(self.extras),
             "recorded_by": self.recorded_by,
+            **({"latent_actions": self.latent} if self.latent else {}),
         }
 
     def dumps(self) -> str:
@@ -170,6 +180,7 @@ class DatasetInfo:
                 frame_rate=float(d.get("frame_rate", 0.0)),
                 extras=tuple(d.get("extras", ())),
                 recorded_by=dict(d.get("recorded_by", {})),
+                latent=dict(d.get("latent_actions", {})),
                 dataset_id=str(d["dataset_id"]),
                 created=str(d.get("created", "")),
                 version=int(d.get("version", FORMAT_VERSION)),

@@ -337,6 +337,8 @@ def _converter(name: str, typ: pa.DataType) -> Callable[[Any], Any]:
             return i
 
         return to_int
+    if pa.types.is_list(typ):  # latent_codes: one small integer per latent position
+        return lambda v: None if v is None else [_to_int(name, x) for x in v]
     if pa.types.is_string(typ):
 
         def to_text(v: Any) -> str | None:

@@ -93,20 +93,23 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
     info = ingest.index.info
     spec = ModelSpec(
         ingest.input_shape,
-        tuple((c.name, c.n) for c in info.actions),
+        tuple((c.name, c.n) for c in ingest.controls),
         cfg.model.arch,
         cfg.model.hidden,
         cfg.model.lstm_hidden,
     )
     game = {"game": info.game, "env_id": info.env_id, "obs_shape": list(info.observation.shape),
-            "actions": [list(c.labels) for c in info.actions], "frame_rate": info.frame_rate, "dataset": info.dataset_id}  # fmt: skip
+            "actions": [list(c.labels) for c in ingest.controls], "frame_rate": info.frame_rate, "dataset": info.dataset_id}  # fmt: skip
     init = ""
     if cfg.model.init_checkpoint:
         pol = load_policy(cfg.model.init_checkpoint)
+        other = pol.spec
+        if cfg.model.init_mode == "trunk":  # new heads for this dataset's labels; the rest must match
+            other = ModelSpec(other.input_shape, spec.controls, other.arch, other.hidden, other.lstm_hidden)
         check_compatible(
             spec,
             info.game,
-            pol.spec,
+            other,
             pol.game.get("game", "?"),
             f"model.init_checkpoint {pol.path}",
             ingest.index.ds.uri,
@@ -135,7 +138,7 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
     if has_val:
         datasets["val"] = ingest.dataset("val")
     score = "val/balanced_accuracy" if has_val else "train/balanced_accuracy"
-    labels = list(info.actions[0].labels) or [str(i) for i in range(info.actions[0].n)]
+    labels = list(ingest.controls[0].labels) or [str(i) for i in range(ingest.controls[0].n)]
     summary = ingest.summary()
     loop_config = {
         "cfg": config_to_dict(cfg),

@@ -54,6 +54,23 @@ def load_train_state(folder: str, device: Any = "cpu") -> dict[str, Any]:
     return state
 
 
+HEAD_PREFIXES = ("heads.", "value.")  # PolicyNetwork's output layers (rayapp.models.nets)
+
+
+def _param_groups(model: torch.nn.Module, lr: float, trunk_lr: float | None) -> list[dict[str, Any]]:
+    """One group, or the heads at `lr` and the initialised trunk at `trunk_lr` (0: frozen)."""
+    if trunk_lr is None:
+        return [{"params": list(model.parameters())}]
+    heads, trunk = [], []
+    for name, prm in unwrap(model).named_parameters():
+        (heads if name.startswith(HEAD_PREFIXES) else trunk).append(prm)
+    if trunk_lr == 0:
+        for prm in trunk:
+            prm.requires_grad_(False)
+        return [{"params": heads, "lr": lr}]
+    return [{"params": heads, "lr": lr}, {"params": trunk, "lr": trunk_lr}]
+
+
 def classification_metrics(confusion: np.ndarray, labels: list[str], prefix: str) -> dict[str, float]:
     """Accuracy, balanced accuracy (mean recall over classes present) and per-action recall."""
     total = confusion.sum()
@@ -97,12 +114,22 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     amp = cuda and p.amp
 
     model = build_model(spec)
+    trunk_only = cfg.model.init_mode == "trunk" and bool(config.get("init_checkpoint"))
     if config.get("init_checkpoint"):
-        model.load_state_dict(load_policy(config["init_checkpoint"]).state_dict)
+        state = load_policy(config["init_checkpoint"]).state_dict
+        if trunk_only:  # the heads stay new: they learn this dataset's labels
+            state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
+            missing = model.load_state_dict(state, strict=False).missing_keys
+            if any(not k.startswith(HEAD_PREFIXES) for k in missing):
+                raise RayappError(f"model.init_checkpoint lacks trunk weights {missing[:3]}")
+        else:
+            model.load_state_dict(state)
     if cuda and not spec.recurrent:
         model = model.to(memory_format=torch.channels_last)
+    # before DDP wraps it: a frozen trunk must be frozen when DDP registers the parameters
+    groups = _param_groups(model, p.lr, cfg.model.trunk_lr if trunk_only else None)
     model = ray.train.torch.prepare_model(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=p.lr, weight_decay=p.weight_decay)
     start = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:

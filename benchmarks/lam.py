@@ -1,0 +1,232 @@
+"""Latent actions on Breakout and Pong: does a latent action model learn what changed between two
+frames, do its codes carry the action, and does pretraining on them pay?
+
+Per game: the teacher with noise (record.policy: noisy_teacher, so every action occurs) records
+episodes; Breakout's are also written out as numbered PNG folders and imported with
+`rayapp import-video` (the unlabelled-video path); the LAM trains on the frames alone (Ray Train,
+frames via the ingest pipeline); then, on the held-out test split's pairs (episodes no training or
+selection saw), in the same process:
+- reconstruction against the "copy frame t" baseline, whole frame and changed pixels (PSNR, dB);
+- controllability (Genie's delta-PSNR): PSNR with the inferred code minus with a random code;
+- codebook usage and perplexity; `rayapp lam label` on the recorded dataset (with its true
+  actions): mutual information code/action against a shuffled control, a linear probe's accuracy
+  of the true action from the codes against the majority class.
+Breakout, label efficiency: BC on latent actions over all episodes, mapped to the real controls
+with 10% of the labelled training episodes (`rayapp lam map`), against BC on those 10% alone;
+both played over the same fresh evaluation seeds beside the teacher and random (mean +- s.e.).
+Speed: training pairs/s and the ingest's pairs/s alone, on this machine.
+
+    python benchmarks/lam.py             # CPU-sized (about 40 minutes on 2 cores)
+    python benchmarks/lam.py --quick     # under a minute: the path, the numbers mean nothing
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+CPU_CONFIG = os.path.join(ROOT, "configs", "lam-cpu.yaml")
+
+
+def sizes(quick: bool) -> dict:
+    if quick:
+        return {"episodes": 4, "max_steps": 120, "lam_steps": 12, "eval_episodes": 2, "bc_epochs": 1,
+                "variants": ["vq_1x16"], "games": ["Breakout"]}  # fmt: skip
+    return {"episodes": 30, "max_steps": 900, "lam_steps": 2000, "eval_episodes": 12, "bc_epochs": 4,
+            "variants": ["vq_1x16", "fsq_1x16", "vq_4x8"], "games": ["Breakout", "Pong"]}  # fmt: skip
+
+
+VARIANTS = {  # vocabulary and positions: the public anchors use few codes at few positions
+    "vq_1x16": ["lam.quantizer=vq", "lam.codes=16", "lam.positions=1"],
+    "fsq_1x16": ["lam.quantizer=fsq", "lam.codes=16", "lam.positions=1", "lam.fsq_levels=[4,4]"],
+    "vq_4x8": ["lam.quantizer=vq", "lam.codes=8", "lam.positions=4"],
+}
+
+
+def export_png_folders(uri: str, folder: str) -> int:
+    """The recorded episodes as `bulk_videos/<episode>/<i>.png` (what unlabelled video looks like)."""
+    import cv2
+
+    from rayapp.replay.reader import ReplayDataset
+
+    n = 0
+    for ep in ReplayDataset(uri).iter_episodes(extras=()):
+        d = os.path.join(folder, ep.episode_id)
+        os.makedirs(d, exist_ok=True)
+        for i, f in enumerate(ep.obs):
+            cv2.imwrite(os.path.join(d, f"{i}.png"), f[..., ::-1])
+        n += 1
+    return n
+
+
+def test_split_figures(cfg, ck) -> dict:
+    """The figures of lam_eval on every pair of the test split (episodes the training never saw)."""
+    import torch
+
+    from rayapp.data.pipeline import build_pair_ingest, configure_data_context
+    from rayapp.train.lam_eval import add_sums, finish_sums, pair_sums, split_pair
+
+    configure_data_context()
+    ingest = build_pair_ingest(cfg, ck.frames)
+    model = ck.model()
+    gen = torch.Generator().manual_seed(1)
+    sums = None
+    split = "test" if ingest.pair_counts["test"] else "val"
+    for batch in ingest.dataset(split).iter_torch_batches(batch_size=64):
+        f_t, f_t1 = split_pair(batch["obs"], ck.spec.in_channels)
+        sums = add_sums(sums, pair_sums(model, f_t, f_t1, ck.spec.codes, gen))
+    out = {k.split("/", 1)[1]: round(v, 4) for k, v in finish_sums(sums, split).items()}
+    out["pairs"] = int(ingest.pair_counts[split])
+    out["split"] = split
+    return out
+
+
+def ingest_rate(cfg, frames, seconds: float = 10.0) -> float:
+    """Pairs/s of the pair ingest alone (decode, preprocess, stack; no model)."""
+    from rayapp.data.pipeline import build_pair_ingest
+
+    ingest = build_pair_ingest(cfg, frames)
+    t0, n = time.perf_counter(), 0
+    for batch in ingest.dataset("train").iter_batches(batch_size=32, batch_format="numpy"):
+        n += len(batch["obs"])
+        if time.perf_counter() - t0 > seconds:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def sem(xs: list[float]) -> float:
+    return float((sum((x - sum(xs) / len(xs)) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 / len(xs) ** 0.5) if len(xs) > 1 else math.nan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--run-dir", default=None, help="keep the outputs here (default: a temporary folder)")
+    ap.add_argument("--grids", default=None, help="copy Breakout's code_grids.png here (the README's picture)")
+    a = ap.parse_args()
+    from rayapp.cli import main as rayapp
+    from rayapp.config import load_config
+    from rayapp.evaluate import evaluate
+    from rayapp.models.lam_checkpoint import load_lam
+    from rayapp.record import record
+    from rayapp.runtime import init_ray
+    from rayapp.train.bc import pretrain
+    from rayapp.train.lam import lam_frames, train_lam
+    from rayapp.train.lam_label import label_dataset
+    from rayapp.train.lam_map import map_to_controls
+
+    z = sizes(a.quick)
+    run = a.run_dir or tempfile.mkdtemp(prefix="lam-bench-")
+    base = [f"env.max_episode_steps={z['max_steps']}", f"lam.steps={z['lam_steps']}", "ray.num_cpus=2"]
+    if a.quick:
+        base += ["lam.val_every=6", "lam.checkpoint_every=6", "lam.log_every=3", "lam.image_every=6", "lam.val_batches=2"]
+    init_ray(load_config(CPU_CONFIG, base).ray)
+    out: dict = {"benchmark": "lam", "quick": a.quick, "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+                 "config": "configs/lam-cpu.yaml", "games": {}, "seconds": {}}  # fmt: skip
+    t_all = time.perf_counter()
+    for game in z["games"]:
+        g: dict = {}
+        gdir = os.path.join(run, game.lower())
+        sets = [*base, f"env.game={game}", f"run.dir={gdir}", f"record.episodes={z['episodes']}",
+                "record.policy=noisy_teacher", "record.epsilon=0.3"]  # fmt: skip
+        cfg = load_config(CPU_CONFIG, sets)
+        t0 = time.perf_counter()
+        rec = record(cfg, show_progress=False)
+        g["recorded"] = {"episodes": len(rec.episodes), "steps": rec.steps}
+        data = cfg.data_uri
+        if game == "Breakout":  # through the unlabelled-video path
+            pngs = os.path.join(run, "bulk_videos")
+            export_png_folders(data, pngs)
+            video = os.path.join(gdir, "video")
+            assert rayapp(["import-video", pngs, "--config", CPU_CONFIG, "--set", f"data.uri={video}",
+                           "--set", f"env.game={game}"]) == 0  # fmt: skip
+            shutil.rmtree(pngs)
+            lam_data = video
+        else:
+            lam_data = data
+        out["seconds"][f"{game}/record"] = round(time.perf_counter() - t0)
+        g["variants"] = {}
+        best_variant = None
+        for v in z["variants"]:
+            t0 = time.perf_counter()
+            vdir = os.path.join(gdir, f"lam-{v}")
+            vcfg = load_config(CPU_CONFIG, [*sets, *VARIANTS[v], f"run.dir={vdir}", f"data.uri={lam_data}"])
+            res = train_lam(vcfg)
+            ck = load_lam(vdir)
+            fig = test_split_figures(vcfg, ck)
+            fig["train_pairs_per_s"] = _last(vdir, "train/samples_per_s")
+            fig["seconds"] = round(time.perf_counter() - t0)
+            lab = label_dataset(load_config(CPU_CONFIG, [*sets, f"run.dir={vdir}", f"lam.checkpoint={vdir}"]), data,
+                                os.path.join(vdir, "labelled"))  # fmt: skip
+            r = lab.report
+            fig.update({"label_codes_used": r.codes_used, "label_perplexity": round(r.perplexity, 2),
+                        "mi_bits": round(r.mutual_information, 4), "mi_shuffled_bits": round(r.mutual_information_shuffled, 4),
+                        "action_entropy_bits": round(r.action_entropy, 3), "probe_accuracy": round(r.probe_accuracy, 4),
+                        "majority_accuracy": round(r.majority_accuracy, 4), "vocabulary": ck.spec.codes ** ck.spec.n_positions})  # fmt: skip
+            g["variants"][v] = fig
+            if best_variant is None:
+                best_variant, g["best_val_step"] = v, res.metrics.get("step")
+                g["ingest_pairs_per_s"] = round(ingest_rate(vcfg, lam_frames(vcfg), 3 if a.quick else 10), 1)
+                if a.grids:
+                    shutil.copy(os.path.join(vdir, "lam", "label", "code_grids.png"), a.grids)
+            print(json.dumps({game: {v: fig}}), file=sys.stderr, flush=True)
+        if game == "Breakout":
+            g["label_efficiency"] = label_efficiency(z, sets, gdir, data, os.path.join(gdir, f"lam-{best_variant}"),
+                                                     pretrain, map_to_controls, evaluate, load_config)  # fmt: skip
+        out["games"][game] = g
+    out["seconds"]["total"] = round(time.perf_counter() - t_all)
+    out["run_dir"] = run
+    print(json.dumps(out))
+
+
+def _last(folder: str, key: str) -> float | None:
+    import csv
+
+    rows = list(csv.DictReader(open(os.path.join(folder, "lam", "metrics.csv"))))
+    vals = [float(r[key]) for r in rows if r.get(key)]
+    return round(vals[-1], 1) if vals else None
+
+
+def label_efficiency(z, sets, gdir, data, lam_dir, pretrain, map_to_controls, evaluate, load_config) -> dict:
+    """Latent BC on all episodes + a head on 10% of the labels, against BC on the same 10% alone."""
+    labelled = os.path.join(lam_dir, "labelled")
+    common = [*sets, f"pretrain.epochs={z['bc_epochs']}", "pretrain.num_workers=1", "pretrain.cpus_per_worker=2"]
+    t0 = time.perf_counter()
+    latent = os.path.join(gdir, "latent-bc")
+    pretrain(load_config(CPU_CONFIG, [*common, f"run.dir={latent}", f"data.uri={labelled}", "data.label=latent_action"]))
+    mapped = os.path.join(gdir, "mapped")
+    m = map_to_controls(load_config(CPU_CONFIG, [*common, f"run.dir={mapped}", f"data.uri={data}", f"lam.checkpoint={latent}",
+                                                 "lam.map_fraction=0.1", f"lam.map_epochs={z['bc_epochs'] * 3}"]))  # fmt: skip
+    small = os.path.join(gdir, "bc-10pct")
+    b = pretrain(load_config(CPU_CONFIG, [*common, f"run.dir={small}", f"data.uri={data}", "data.train_fraction=0.1",
+                                          f"pretrain.epochs={z['bc_epochs'] * 3}"]))  # fmt: skip
+    ecfg = load_config(CPU_CONFIG, [*sets, f"run.dir={gdir}", f"eval.episodes={z['eval_episodes']}", "eval.modes=[greedy]",
+                                    f"eval.max_episode_steps={z['max_steps'] * 2}", "eval.video_steps=1"])  # fmt: skip
+    rep = evaluate(ecfg, m.result.checkpoint, others={"bc_10pct": b.checkpoint}, out_dir=os.path.join(gdir, "eval"))
+    scores = rep.to_json()["scores"]
+    res = {"labelled_train_episodes": m.result.summary["splits"]["train"]["episodes"],
+           "all_train_episodes_latent": None, "seconds": round(time.perf_counter() - t0), "eval_seeds": rep.seeds()[:3] + ["..."]}  # fmt: skip
+    for name, key in (("latent_mapped", "policy/greedy"), ("bc_10pct", "bc_10pct/greedy"), ("teacher", "teacher"), ("random", "random")):
+        xs = scores[key]["per_episode"]
+        res[name] = {"mean": round(sum(xs) / len(xs), 2), "sem": round(sem(xs), 2), "episodes": len(xs)}
+    diff = res["latent_mapped"]["mean"] - res["bc_10pct"]["mean"]
+    se = math.hypot(res["latent_mapped"]["sem"], res["bc_10pct"]["sem"])
+    res["difference"] = {"mean": round(diff, 2), "se": round(se, 2), "verdict": "noise" if abs(diff) < se else ("latent better" if diff > 0 else "bc better")}
+    return res
+
+
+if __name__ == "__main__":
+    main()
