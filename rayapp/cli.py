@@ -54,6 +54,14 @@ def _record(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("import-video")
+def _import_video(cfg: Config, args: argparse.Namespace) -> int:
+    from rayapp.import_video import import_video
+
+    print(import_video(cfg, args.sources).line())
+    return 0
+
+
 @command("inspect")
 def _inspect(cfg: Config, args: argparse.Namespace) -> int:
     from rayapp.replay.inspect import inspect_dataset
@@ -214,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="record episodes into data.uri: collectors on the emulator, or a person at the screen (--source screen)",
     )
     rec.add_argument("--source", choices=["atari", "screen"], help="short for --set record.source=SOURCE")
+
+    imp = sub.add_parser("import-video", parents=[common],
+                         help="gameplay video without inputs (numbered PNG folders, MP4/MKV files) into data.uri, no actions")  # fmt: skip
+    imp.add_argument("sources", nargs="+", metavar="SOURCE", help="a folder of episode folders of numbered PNGs, one such folder, video files")
 
     ins = sub.add_parser("inspect", parents=[common], help="summarise and validate a dataset")
     ins.add_argument("uri", nargs="?", help="dataset URI (default: data.uri)")

@@ -48,6 +48,7 @@ class InspectReport:
     episode_lengths: dict[str, int] = field(default_factory=dict)
     complete: int = 0
     actions: dict[str, dict[str, int]] = field(default_factory=dict)
+    latent_actions: dict[str, int] = field(default_factory=dict)  # `rayapp lam label`: code -> steps, most used first
     sessions: int = 0
     contact_sheet: str = ""
     frames_checked: bool = True
@@ -88,6 +89,7 @@ class InspectReport:
             "columns": self.columns,
             "score": self.score_stats(),
             "actions": self.actions,
+            "latent_actions": self.latent_actions or None,
             "sessions": self.sessions,
             "contact_sheet": self.contact_sheet or None,
             "ok": self.ok,
@@ -116,6 +118,13 @@ class InspectReport:
             lines.append(
                 f"score     mean {sc['mean']:.1f}  std {sc['std']:.1f}  min {sc['min']:g}  max {sc['max']:g}  (per episode)"
             )
+        if not self.actions:
+            lines.append("actions   none (unlabelled video: rayapp lam label gives it latent actions)")
+        if self.latent_actions:
+            total = sum(self.latent_actions.values()) or 1
+            top = list(self.latent_actions.items())[:8]
+            lines.append(f"latent    {len(self.latent_actions)} codes used; most used: "
+                         + "  ".join(f"{k}:{100 * n / total:.1f}%" for k, n in top))  # fmt: skip
         for control, hist in self.actions.items():
             total = sum(hist.values()) or 1
             lines.append(f"actions   {control}:" if len(self.actions) > 1 else "actions")
@@ -173,10 +182,11 @@ def inspect_dataset(
             idx = np.argsort(keys)[:sample]
             sub = table.take(pa.array(idx))
             imgs = decode_frames(sub.column("obs"), info.observation)
-            a0 = sub.column(info.action_columns[0]).to_pylist()
+            a0 = sub.column(info.action_columns[0]).to_pylist() if info.actions else [None] * len(idx)
             for j, i in enumerate(idx):
+                act = "-" if a0[j] is None else labels[0][a0[j]] if a0[j] < len(labels[0]) else str(a0[j])
                 picks.append(_Sample(float(keys[i]), sub.column("episode_id")[j].as_py(), sub.column("step")[j].as_py(),
-                                     labels[0][a0[j]] if a0[j] < len(labels[0]) else str(a0[j]), sub.column("reward")[j].as_py(), imgs[j]))  # fmt: skip
+                                     act, sub.column("reward")[j].as_py(), imgs[j]))  # fmt: skip
         light = table.drop_columns(["obs"]) if "obs" in table.column_names else table
         return check, light, picks
 
@@ -184,6 +194,7 @@ def inspect_dataset(
     ep_len: dict[str, int] = defaultdict(int)
     ended: set[str] = set()
     hists = [Counter() for _ in info.actions]
+    latent: Counter = Counter()
     heap: list[_Sample] = []
     with cf.ThreadPoolExecutor(max(1, threads)) as pool:  # pyarrow reads and decodes outside the GIL
         for check, table, picks in pool.map(scan, ds.shards):
@@ -213,12 +224,16 @@ def inspect_dataset(
             ended.update(ep[done].tolist())
             for h, col in zip(hists, info.action_columns):
                 h.update(table.column(col).to_numpy().tolist())
+            if "latent_action" in table.column_names:
+                latent.update(table.column("latent_action").drop_null().to_numpy().tolist())
             report.steps += table.num_rows
     report.episode_scores = dict(ep_score)
     report.episode_lengths = dict(ep_len)
     report.complete = len(ended)
     for c, lab, h in zip(info.actions, labels, hists):
         report.actions[c.name] = {lab[i] if i < len(lab) else str(i): int(h.get(i, 0)) for i in range(c.n)}
+    if latent:
+        report.latent_actions = {str(k): int(n) for k, n in latent.most_common()}
     if sample and heap:
         picks = sorted(heap, key=lambda p: (p.episode, p.step))
         report.contact_sheet = contact_sheet(picks, resolve(out or ds.loc.join("contact_sheet.png").uri))

@@ -151,10 +151,10 @@ class ReplayDataset:
             raise CorruptShardError(ref.uri, "shard metadata is not valid JSON") from None
         info = self.info
         expected = info.shard_metadata(sm.get("writer", ""), sm.get("seq", 0))
-        for key, label in (
+        for key, label in (  # the frame size first: a shard of another size is the likeliest mix-up
+            ("obs_shape", "observation shape"),
             ("dataset_id", "dataset id"),
             ("game", "game"),
-            ("obs_shape", "observation shape"),
             ("encoding", "frame encoding"),
             ("actions", "action space"),
         ):
@@ -321,7 +321,7 @@ class ReplayDataset:
         return Episode(
             episode_id=t.column("episode_id")[0].as_py(),
             steps=t.column("step").to_numpy(),
-            actions=acts[0] if len(acts) == 1 else np.stack(acts, axis=1),
+            actions=acts[0] if len(acts) == 1 else np.stack(acts, axis=1) if acts else np.zeros((t.num_rows, 0), np.int32),
             rewards=t.column("reward").to_numpy(),
             terminated=t.column("terminated").to_numpy(zero_copy_only=False),
             truncated=t.column("truncated").to_numpy(zero_copy_only=False),

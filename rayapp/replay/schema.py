@@ -149,7 +149,8 @@ class DatasetInfo:
             "env_id": self.env_id,
             "observation": self.observation.to_json(),
             "action_space": {
-                "type": "discrete" if len(self.actions) == 1 else "factorised",
+                # "none": unlabelled video (rayapp import-video), no action column
+                "type": "none" if not self.actions else "discrete" if len(self.actions) == 1 else "factorised",
                 "controls": [c.to_json() for c in self.actions],
             },
             "frame_rate": self.frame_rate,

@@ -100,7 +100,7 @@ class ReplayWriter:
     def add_step(
         self,
         obs: np.ndarray,
-        action: int | Sequence[int] | Mapping[str, int],
+        action: int | Sequence[int] | Mapping[str, int] | None,
         reward: float,
         terminated: bool,
         truncated: bool,
@@ -224,6 +224,12 @@ class ReplayWriter:
 
     def _actions(self, action: Any) -> list[int]:
         controls = self.info.actions
+        if not controls:  # an action-less dataset (unlabelled video)
+            if action is not None:
+                raise ReplayFormatError(f"action {action!r} given to a dataset without actions (unlabelled video)")
+            return []
+        if action is None:
+            raise ReplayFormatError(f"a step without an action, but the dataset has controls {[c.name for c in controls]}")
         if isinstance(action, Mapping):
             missing = [c.name for c in controls if c.name not in action]
             if missing:
