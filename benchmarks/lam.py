@@ -218,7 +218,7 @@ def label_efficiency(z, sets, gdir, data, lam_dir, pretrain, map_to_controls, ev
     rep = evaluate(ecfg, m.result.checkpoint, others={"bc_10pct": b.checkpoint}, out_dir=os.path.join(gdir, "eval"))
     scores = rep.to_json()["scores"]
     res = {"labelled_train_episodes": m.result.summary["splits"]["train"]["episodes"],
-           "all_train_episodes_latent": None, "seconds": round(time.perf_counter() - t0), "eval_seeds": rep.seeds()[:3] + ["..."]}  # fmt: skip
+           "seconds": round(time.perf_counter() - t0), "eval_seeds": rep.seeds()[:3] + ["..."]}  # fmt: skip
     for name, key in (("latent_mapped", "policy/greedy"), ("bc_10pct", "bc_10pct/greedy"), ("teacher", "teacher"), ("random", "random")):
         xs = scores[key]["per_episode"]
         res[name] = {"mean": round(sum(xs) / len(xs), 2), "sem": round(sem(xs), 2), "episodes": len(xs)}

@@ -7,6 +7,7 @@ and its cross-key checks in `tree`, reading YAML and `--set` overrides in `loade
 key's full path; the resolved tree is saved next to every output so a run can be rebuilt from it.
 """
 
+from rayapp.config.lam import LamConfig, VideoConfig
 from rayapp.config.loader import (
     config_from_dict,
     config_to_dict,
@@ -31,7 +32,6 @@ from rayapp.config.sections import (
     RunConfig,
     SweepConfig,
 )
-from rayapp.config.lam import LamConfig, VideoConfig
 from rayapp.config.tree import Config
 
 __all__ = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from rayapp.config.lam import LamConfig, VideoConfig, validate_video_sections
 from rayapp.config.sections import (
     ArcadeConfig,
     DataConfig,
@@ -20,7 +21,6 @@ from rayapp.config.sections import (
     RunConfig,
     SweepConfig,
 )
-from rayapp.config.lam import LamConfig, VideoConfig, validate_video_sections
 from rayapp.errors import ConfigError
 
 __all__ = ["Config"]
