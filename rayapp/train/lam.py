@@ -31,7 +31,7 @@ from rayapp.runs import save_resolved_config
 from rayapp.runtime import init_ray
 from rayapp.storage import exists, read_bytes, resolve, write_bytes_atomic
 from rayapp.train.bc import _failure, _storage
-from rayapp.train.lam_loop import lam_train_fn
+from rayapp.train.lam_loop import NOT_VALIDATED, lam_train_fn
 
 __all__ = ["train_lam", "LamResult", "lam_frames", "lam_spec"]
 
@@ -81,7 +81,7 @@ class LamReportCallback(UserCallback):
     def after_report(self, run_context, metrics, checkpoint):
         m = metrics[0]
         val = ""
-        if math.isfinite(m.get("val/recon_loss", math.inf)):
+        if m.get("val/recon_loss", NOT_VALIDATED) < NOT_VALIDATED:
             val = (f" val recon {m['val/recon_loss']:.5f}, psnr {m.get('val/psnr', math.nan):.2f} dB, changed pixels "
                    f"{m.get('val/psnr_changed', math.nan):.2f} dB (copy {m.get('val/psnr_changed_copy', math.nan):.2f}), "
                    f"delta-psnr {m.get('val/delta_psnr', math.nan):.2f}, codes used {m.get('val/codes_used', 0)}")  # fmt: skip

@@ -232,10 +232,15 @@ def _load_state(folder: str, device) -> dict[str, Any]:
     return state
 
 
+# the score of a checkpoint saved between validations: finite, because Ray Train's checkpoint manager
+# keeps its state as JSON, which turns inf into null and then fails to rank the restored checkpoints
+NOT_VALIDATED = 1e30
+
+
 def _report(cfg, model, spec, frames, config, opt, step, best, since_reset, metrics, rank) -> None:
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     if "val/recon_loss" not in scalars:  # Ray Train ranks checkpoints by it
-        scalars["val/recon_loss"] = math.inf
+        scalars["val/recon_loss"] = NOT_VALIDATED
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0:
