@@ -203,7 +203,7 @@ def _last(folder: str, key: str) -> float | None:
 def label_efficiency(z, sets, gdir, data, lam_dir, pretrain, map_to_controls, evaluate, load_config) -> dict:
     """Latent BC on all episodes + a head on 10% of the labels, against BC on the same 10% alone."""
     labelled = os.path.join(lam_dir, "labelled")
-    common = [*sets, f"pretrain.epochs={z['bc_epochs']}", "pretrain.num_workers=1", "pretrain.cpus_per_worker=2"]
+    common = [*sets, f"pretrain.epochs={z['bc_epochs']}", "pretrain.num_workers=1", "pretrain.cpus_per_worker=1.5"]
     t0 = time.perf_counter()
     latent = os.path.join(gdir, "latent-bc")
     pretrain(load_config(CPU_CONFIG, [*common, f"run.dir={latent}", f"data.uri={labelled}", "data.label=latent_action"]))

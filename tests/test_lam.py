@@ -222,3 +222,17 @@ def test_lam_train_resumes_after_ctrl_c_and_the_curve_continues(bc_run, tmp_path
     assert f"resuming {run}/lam after step {stopped_at}" in done.stdout
     steps = [int(float(line.split(",")[0])) for line in (run / "lam" / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) and steps[-1] == stopped_at + 10  # continued, nothing twice
+
+
+def test_workers_that_leave_no_cpu_for_the_reads_fail_fast(bc_run, tmp_path):
+    """A local Ray of 2 CPUs with one 2-CPU training worker: the trainer would start and wait
+    forever for read tasks that cannot be placed; the command says so instead, before training."""
+    args = [sys.executable, "-m", "rayapp.cli", "lam", "train", "--config", SMOKE, "--set", f"run.dir={tmp_path}",
+            "--set", f"data.uri={bc_run}/replays", "--set", "ray.num_cpus=2", "--set", "lam.cpus_per_worker=2",
+            *[x for o in TINY for x in ("--set", o)]]  # fmt: skip
+    done = subprocess.run(args, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, capture_output=True, text=True,
+                          timeout=180)  # fmt: skip
+    assert done.returncode != 0
+    assert "lam.cpus_per_worker: 1 worker(s) x 2 CPUs leave 0 of this Ray's 2 CPUs" in done.stderr, done.stderr[-2000:]
+    assert "lower lam.cpus_per_worker to 1.5 or less" in done.stderr
+    assert not (tmp_path / "lam" / "latest.json").exists()

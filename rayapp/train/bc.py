@@ -29,7 +29,7 @@ from rayapp.errors import RayappError, StageError, StorageError, find_error
 from rayapp.models.checkpoint import check_compatible, load_policy, write_best
 from rayapp.models.nets import ModelSpec
 from rayapp.runs import save_resolved_config
-from rayapp.runtime import init_ray
+from rayapp.runtime import init_ray, require_cpus_beside
 from rayapp.storage import exists, explain, is_storage_failure, read_bytes, resolve, write_bytes_atomic
 from rayapp.train.bc_loop import train_fn_per_worker
 from rayapp.train.callback import ReportCallback
@@ -155,6 +155,7 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
     resources = {"CPU": p.cpus_per_worker}
     if p.use_gpu:
         resources["GPU"] = p.gpus_per_worker
+    require_cpus_beside(p.num_workers, p.cpus_per_worker, cfg.data.read_cpus, "pretrain.cpus_per_worker")
     storage_path, storage_fs, scheme = _storage(cfg.run.dir)
     print(f"pretrain: {spec.describe()}; {summary['splits']['train']['steps']:,} training steps in "
           f"{summary['splits']['train']['episodes']} episodes, {p.epochs} epochs on {p.num_workers} worker(s)", flush=True)  # fmt: skip

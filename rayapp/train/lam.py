@@ -28,7 +28,7 @@ from rayapp.frames import FrameSpec
 from rayapp.models.checkpoint import write_best
 from rayapp.models.lam import LamSpec
 from rayapp.runs import save_resolved_config
-from rayapp.runtime import init_ray
+from rayapp.runtime import init_ray, require_cpus_beside
 from rayapp.storage import exists, read_bytes, resolve, write_bytes_atomic
 from rayapp.train.bc import _failure, _storage
 from rayapp.train.lam_loop import NOT_VALIDATED, lam_train_fn
@@ -123,6 +123,7 @@ def train_lam(cfg: Config) -> LamResult:
     loop_config = {"cfg": config_to_dict(cfg), "spec": spec.to_json(), "frames": frames.to_json(), "game": game,
                    "has_val": has_val}  # fmt: skip
     resources = {"CPU": m.cpus_per_worker, **({"GPU": 1.0} if m.use_gpu else {})}
+    require_cpus_beside(m.num_workers, m.cpus_per_worker, cfg.data.read_cpus, "lam.cpus_per_worker")
     storage_path, storage_fs, scheme = _storage(cfg.run.dir)
     print(f"lam: {spec.describe()}; {pairs['train']:,} training pairs, {pairs['val']:,} validation, {pairs['test']:,} "
           f"test; {m.steps:,} steps of {m.batch_size} pairs on {m.num_workers} worker(s)", flush=True)  # fmt: skip
