@@ -116,6 +116,10 @@ def test_lam_label_writes_the_contract_and_a_report(lam_run, tmp_path):
 
     again = label_dataset(load_config(SMOKE, [f"run.dir={run}", f"lam.checkpoint={run}"]), src, str(out))
     assert again.shards == 0 and again.skipped == len(ds.shards)
+    # and its report still covers every shard (the codes are read back from the written ones)
+    rerun = json.loads((run / "lam" / "label" / "report.json").read_text())
+    for k in ("codes_used", "perplexity", "top_codes", "table", "mutual_information", "probe_pairs"):
+        assert rerun[k] == report[k], k
 
 
 def test_latent_bc_then_map_to_controls_evaluates_and_finetunes(lam_run, tmp_path):

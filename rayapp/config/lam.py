@@ -57,6 +57,9 @@ class LamConfig:
     fsq_levels: list[int] = opt([], "fsq: levels per dimension (empty: chosen so their product is `codes`)")
     commitment: float = opt(0.25, "commitment loss weight")
     entropy_weight: float = opt(0.01, "weight of the codebook-entropy regulariser (fights collapse)")
+    changed_weight: float = opt(
+        0.0, "extra loss weight of the pixels that change between the frames (0: plain MSE; copying frame t wins it on Atari)"
+    )
     ema_decay: float = opt(0.99, "vq: EMA decay of the codebook")
     reset_every: int = opt(10000, "vq: re-initialise codes unused over this many steps (0: never)")
     # ---- training (rayapp lam train) --------------------------------------------------------------

@@ -66,6 +66,7 @@ def lam_spec(cfg: Config, frames: FrameSpec, source_shape: tuple[int, ...]) -> L
         entropy_weight=m.entropy_weight,
         frame_skips=m.frame_skips,
         residual=m.residual,
+        changed_weight=m.changed_weight,
         ema_decay=m.ema_decay,
         fsq_levels=tuple(m.fsq_levels),
     )

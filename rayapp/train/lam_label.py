@@ -36,7 +36,7 @@ from rayapp.replay.reader import ReplayDataset
 from rayapp.replay.schema import LATENT_VOCABULARY_MAX, DatasetInfo, decode_frames
 from rayapp.replay.shard_file import SHARDS_DIR, OpenShard
 from rayapp.runtime import init_ray
-from rayapp.storage import exists, resolve
+from rayapp.storage import exists, resolve, storage_errors
 from rayapp.train.lam_report import LabelReport, write_report
 
 __all__ = ["label_dataset", "LabelSummary", "labelled_info"]
@@ -117,13 +117,14 @@ class ShardLabeller:
     def label_shard(self, i: int) -> tuple[bool, int, bytes]:
         ref = self.src.shards[i]
         name = ref.uri.rsplit("/", 1)[-1]
-        if exists(self.out.join(SHARDS_DIR, name)):  # a rerun: the shard was written before
-            return False, 0, _dump({})
+        stats = _Stats(self.spec.codes, EXAMPLES_PER_CODE, self.src.info.observation)
+        action_col = self.src.info.action_columns[0] if self.src.info.actions else None
+        if exists(self.out.join(SHARDS_DIR, name)):  # a rerun: written before; its codes still count in the report
+            self._stats_of_written(name, stats, action_col)
+            return False, stats.pairs, _dump(stats.to_dict())
         pf = self.src._open_file(ref)  # noqa: SLF001
         self.src.check_footer(ref, pf)
         shard = OpenShard(self.out, self.out_info, ref.writer, ref.seq, 3)
-        stats = _Stats(self.spec.codes, EXAMPLES_PER_CODE, self.src.info.observation)
-        action_col = self.src.info.action_columns[0] if self.src.info.actions else None
         try:
             groups = [pf.read_row_group(g) for g in range(pf.num_row_groups)] if pf.num_row_groups else []
             nxt_shard = self._next_first(i)
@@ -143,6 +144,20 @@ class ShardLabeller:
             shard.discard()
             raise
         return True, stats.pairs, _dump(stats.to_dict())
+
+    def _stats_of_written(self, name: str, stats: _Stats, action_col: str | None) -> None:
+        import pyarrow.parquet as pq
+
+        loc = self.out.join(SHARDS_DIR, name)
+        with storage_errors(loc.uri):
+            pf = pq.ParquetFile(loc.fs.open_input_file(loc.path))
+            for g in range(pf.num_row_groups):
+                t = pf.read_row_group(g)
+                lists = t.column("latent_codes").to_pylist()
+                codes = np.array([c if c is not None else [-1] * self.spec.n_positions for c in lists], np.int64)
+                codes = codes.reshape(len(lists), self.spec.n_positions)
+                acts = t.column(action_col).to_numpy() if action_col else None
+                stats.add(t, codes, acts, self.spec.codes)
 
     def _codes(self, t: pa.Table, nxt: pa.Table | None) -> np.ndarray:
         """(rows, positions) codes; -1 where a row has no next frame in its episode."""

@@ -125,8 +125,8 @@ def lam_train_fn(config: dict[str, Any]) -> None:
             usage_window += usage
             window["pairs"] += len(frame_t)
             window["micro_batches"] += 1
-            window["sums"] += torch.tensor([float(out.losses[x]) for x in ("recon", "commit", "entropy", "total")],
-                                           dtype=torch.float64)  # fmt: skip
+            losses = torch.stack([out.losses[x].detach().float() for x in ("recon", "commit", "entropy", "total")])
+            window["sums"] += losses.to(window["sums"])  # one device sync per micro-batch
             k += 1
             if k % m.grad_accum:
                 continue
