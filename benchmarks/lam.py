@@ -197,12 +197,12 @@ def main() -> None:
     print(json.dumps(out))
 
 
-def _last(folder: str, key: str) -> float | None:
+def _last(folder: str, key: str, stage: str = "lam") -> float | None:
     import csv
 
-    rows = list(csv.DictReader(open(os.path.join(folder, "lam", "metrics.csv"))))
+    rows = list(csv.DictReader(open(os.path.join(folder, stage, "metrics.csv"))))
     vals = [float(r[key]) for r in rows if r.get(key)]
-    return round(vals[-1], 1) if vals else None
+    return round(vals[-1], 3) if vals else None
 
 
 def label_efficiency(z, sets, gdir, data, lam_dir, pretrain, map_to_controls, evaluate, load_config) -> dict:
@@ -227,6 +227,8 @@ def label_efficiency(z, sets, gdir, data, lam_dir, pretrain, map_to_controls, ev
     for name, key in (("latent_mapped", "policy/greedy"), ("bc_10pct", "bc_10pct/greedy"), ("teacher", "teacher"), ("random", "random")):
         xs = scores[key]["per_episode"]
         res[name] = {"mean": round(sum(xs) / len(xs), 2), "sem": round(sem(xs), 2), "episodes": len(xs)}
+    for name, folder in (("latent_mapped", mapped), ("bc_10pct", small)):  # the imitation itself, on held-out episodes
+        res[name]["val_balanced_accuracy"] = _last(folder, "val/balanced_accuracy", "pretrain")
     diff = res["latent_mapped"]["mean"] - res["bc_10pct"]["mean"]
     se = math.hypot(res["latent_mapped"]["sem"], res["bc_10pct"]["sem"])
     res["difference"] = {"mean": round(diff, 2), "se": round(se, 2), "verdict": "noise" if abs(diff) <= se else ("latent better" if diff > 0 else "bc better")}

@@ -143,3 +143,20 @@ def test_metric_helpers():
     assert joint_code(np.array([[1, 2], [3, 0]]), 4).tolist() == [6, 12]
     with pytest.raises(ValueError, match="int32"):
         joint_code(torch.zeros(1, 35, dtype=torch.long), 256)
+
+
+def test_changed_weight_counts_the_changed_pixels_more():
+    """With changed_weight, the loss is the weighted mean: an error on a pixel that changed between
+    the frames costs 1 + changed_weight times an error on a static one."""
+    a = torch.zeros(1, 1, 32, 32)
+    b = a.clone()
+    b[0, 0, 0, :4] = 1.0  # 4 changed pixels
+    plain = LatentActionModel(LamSpec(height=32, width=32, codes=8, positions=1, **SMALL))
+    weighted = LatentActionModel(LamSpec(height=32, width=32, codes=8, positions=1, changed_weight=9.0, **SMALL))
+    miss_change = a.clone()  # predicts no change: wrong on the 4 changed pixels
+    miss_static = b.clone()
+    miss_static[0, 0, 31, :4] = 1.0  # right on the change, wrong on 4 static pixels
+    assert torch.isclose(plain.recon_loss(miss_change, a, b), plain.recon_loss(miss_static, a, b))
+    w_change, w_static = weighted.recon_loss(miss_change, a, b), weighted.recon_loss(miss_static, a, b)
+    assert torch.isclose(w_change, 10 * w_static)
+    assert torch.isclose(w_change, torch.tensor(4 * 10 / (1024 + 4 * 9)))
