@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -232,8 +233,6 @@ def import_video(cfg: Config, sources: list[str]) -> ImportSummary:
 
 
 def _open(cfg: Config, src: _Source, frames: np.ndarray, summary: ImportSummary) -> tuple[ReplayWriter, ImportSummary]:
-    import uuid
-
     v, r = cfg.video, cfg.record
     shape = tuple(frames.shape[1:])
     rate = _video_rate(src.path, v.every) if src.kind == "video" else 0.0

@@ -42,7 +42,7 @@ STAGES = set(LAYERS[5])
 DISPATCHERS = {"rayapp.cli", "rayapp.pipeline", "rayapp.tune.sweep"}
 # third-party packages that may be imported inside functions: heavy to import, or hardware
 HEAVY = {"ray", "torch", "matplotlib", "imageio", "tensorboard", "mss", "Xlib", "vgamepad", "pynput",
-         "evdev", "libevdev", "pygame", "ale_py", "boto3", "moto", "av", "vector_quantize_pytorch"}  # fmt: skip
+         "evdev", "libevdev", "pygame", "ale_py", "boto3", "moto", "av", "vector_quantize_pytorch", "wandb"}  # fmt: skip
 
 
 def _modules() -> dict[str, ast.Module]:

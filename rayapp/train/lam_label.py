@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from rayapp.config import Config
@@ -146,8 +147,6 @@ class ShardLabeller:
         return True, stats.pairs, _dump(stats.to_dict())
 
     def _stats_of_written(self, name: str, stats: _Stats, action_col: str | None) -> None:
-        import pyarrow.parquet as pq
-
         loc = self.out.join(SHARDS_DIR, name)
         with storage_errors(loc.uri):
             pf = pq.ParquetFile(loc.fs.open_input_file(loc.path))
