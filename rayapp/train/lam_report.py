@@ -137,7 +137,7 @@ def write_report(cfg, ck, src, out_uri: str, results: list[dict]) -> tuple[Label
     from rayapp.train.lam_label import report_keys
 
     folder = resolve(cfg.run.dir).join("lam", "label")
-    stats = [torch.load(io.BytesIO(r["stats"]), weights_only=False) for r in results if r["written"]]
+    stats = [torch.load(io.BytesIO(r["stats"]), weights_only=False) for r in results]  # written now or before
     n_codes = ck.spec.codes
     usage = sum((s["usage"] for s in stats), np.zeros(n_codes, np.int64))
     keys: dict[int, int] = {}
