@@ -169,9 +169,21 @@ class GamePcCluster:
             self.wait_for(0)
             self.pcs = [GamePc(self, i) for i in range(pcs)]
             self.wait_for(pcs)
+        except RuntimeError as e:
+            tails = self.log_tails()  # close() removes the folder: keep what the nodes said
+            self.close()
+            raise RuntimeError(f"{e}\n{tails}") from None
         except BaseException:
             self.close()
             raise
+
+    def log_tails(self, lines: int = 15) -> str:
+        out = []
+        for name in sorted(os.listdir(self.tmp)):
+            if name.endswith(".log"):
+                with open(os.path.join(self.tmp, name), errors="replace") as f:
+                    out.append(f"--- {name}\n" + "".join(f.readlines()[-lines:]))
+        return "\n".join(out)
 
     def game_pcs(self) -> int:
         """Alive nodes that advertise game_pc (asked through `ray status`-like state: a client call)."""

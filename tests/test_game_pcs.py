@@ -25,7 +25,11 @@ pytest.importorskip("pygame")
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = GamePcCluster(pcs=2)
+    try:
+        c = GamePcCluster(pcs=2)
+    except RuntimeError as e:  # seen once in a full run (passed alone): start a fresh cluster once more
+        print(f"the game-PC cluster did not come up, retrying once: {e}")
+        c = GamePcCluster(pcs=2)
     yield c
     c.close()
 
