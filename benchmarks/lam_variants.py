@@ -1,0 +1,140 @@
+"""LAM variants in one process, no Ray: which loss and quantiser make the codes carry the action?
+
+On a recorded dataset with true actions (e.g. `benchmarks/lam.py --run-dir runs/lamfull` leaves
+runs/lamfull/breakout/replays), episodes split 80/20 in order; each variant trains
+`configs/lam-cpu.yaml`'s model (gray 105x80, quarter widths, one position) for `--steps` steps of 32
+random training pairs, then on the held-out pairs reports codes used, the mutual information
+between code and true action against a shuffled control, and the changed-pixel PSNR gain over
+copying frame t (the baseline, same pairs, same process).
+
+    python benchmarks/lam_variants.py runs/lamfull/breakout/replays --steps 400 \\
+        quantizer=vq quantizer=vq,changed_weight=50 quantizer=fsq,fsq_levels=4x4,changed_weight=50
+    python benchmarks/lam_variants.py --quick      # a tiny recording, 20 steps: the path only
+
+A variant is comma-separated LamSpec fields (fsq_levels as 4x4). The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+BASE = dict(in_channels=1, height=105, width=80, enc_channels=(32, 64, 64, 128, 128),
+            dec_channels=(128, 128, 64, 64, 32), latent_dim=64, codes=16, positions=1)  # fmt: skip
+
+
+def parse_variant(text: str) -> dict:
+    kw = dict(BASE)
+    for part in text.split(","):
+        k, val = part.split("=")
+        if k == "quantizer":
+            kw[k] = val
+        elif k == "fsq_levels":
+            kw[k] = tuple(int(x) for x in val.split("x"))
+        else:
+            kw[k] = type(BASE.get(k, 0.0))(float(val)) if k in BASE else float(val)
+    return kw
+
+
+def pairs(episodes, pre):
+    frames, acts = [], []
+    for e in episodes:
+        f = pre(e.obs)
+        frames.append(np.concatenate([f[:-1], f[1:]], 1))
+        a = e.actions[:, 0] if e.actions.ndim > 1 else e.actions
+        acts.append(a[:-1])
+    return np.concatenate(frames), np.concatenate(acts)
+
+
+def mutual_information(c: np.ndarray, a: np.ndarray) -> float:
+    joint = np.zeros((c.max() + 1, a.max() + 1))
+    np.add.at(joint, (c, a), 1)
+    p = joint / joint.sum()
+    outer = p.sum(1, keepdims=True) @ p.sum(0, keepdims=True)
+    nz = p > 0
+    return float((p[nz] * np.log2(p[nz] / outer[nz])).sum())
+
+
+def run_variant(kw: dict, train, test, steps: int) -> dict:
+    from rayapp.models.lam import LamSpec, LatentActionModel, changed_mask, psnr
+
+    (f_tr, _), (f_te, a_te) = train, test
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    m = LatentActionModel(LamSpec(**kw))
+    opt = torch.optim.Adam(m.parameters(), lr=3e-4)
+    since = torch.zeros(kw["codes"])
+    t0 = time.perf_counter()
+    for s in range(steps):
+        x = torch.from_numpy(f_tr[rng.integers(0, len(f_tr), 32)]).float() / 255
+        out = m(x[:, :1], x[:, 1:])
+        opt.zero_grad()
+        out.losses["total"].backward()
+        opt.step()
+        since += out.usage
+        if s % 100 == 99:
+            m.reset_unused_codes(since)
+            since.zero_()
+    m.eval()
+    codes, gains = [], []
+    with torch.no_grad():
+        for b in range(0, len(f_te), 256):
+            x = torch.from_numpy(f_te[b : b + 256]).float() / 255
+            c = m.encode(x[:, :1], x[:, 1:])
+            codes.append(c[:, 0].numpy())
+            pred = m.decode(x[:, :1], c).clamp(0, 1)
+            mask = changed_mask(x[:, :1], x[:, 1:])
+            gains.append(float(torch.nanmean(psnr(pred, x[:, 1:], mask)) - torch.nanmean(psnr(x[:, :1], x[:, 1:], mask))))
+    c = np.concatenate(codes)
+    shuffled = np.random.default_rng(1).permutation(a_te)
+    return {"codes_used": len(set(c.tolist())), "mi_bits": round(mutual_information(c, a_te), 4),
+            "mi_shuffled_bits": round(mutual_information(c, shuffled), 4),
+            "changed_psnr_gain_over_copy_db": round(float(np.mean(gains)), 2), "seconds": round(time.perf_counter() - t0)}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("uri", nargs="?", help="a recorded dataset with true actions")
+    ap.add_argument("variants", nargs="*")
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_intermixed_args()
+    from rayapp.frames import FrameSpec, Preprocessor
+    from rayapp.replay.reader import ReplayDataset
+
+    torch.set_num_threads(2)
+    if a.quick:
+        from rayapp.config import load_config
+        from rayapp.record import record
+
+        tmp = tempfile.mkdtemp(prefix="lamv-")
+        cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "lam-cpu.yaml"),
+                          [f"run.dir={tmp}", "record.episodes=3", "env.max_episode_steps=80", "record.collectors=1",
+                           "record.policy=noisy_teacher", "record.epsilon=0.3", "ray.num_cpus=2"])  # fmt: skip
+        record(cfg, show_progress=False)
+        a.uri, a.steps = cfg.data_uri, 20
+        a.variants = a.variants or ["quantizer=vq", "quantizer=fsq,fsq_levels=4x4,changed_weight=50"]
+    ds = ReplayDataset(a.uri)
+    pre = Preprocessor(FrameSpec(True, (105, 80), (0, 0, 0, 0), 2), ds.info.observation.shape)
+    eps = list(ds.iter_episodes())
+    cut = max(1, int(len(eps) * 0.8))
+    train, test = pairs(eps[:cut], pre), pairs(eps[cut:], pre)
+    out = {"benchmark": "lam_variants", "uri": a.uri, "steps": a.steps, "pairs": [len(train[0]), len(test[0])], "variants": {}}
+    for v in a.variants:
+        out["variants"][v] = run_variant(parse_variant(v), train, test, a.steps)
+        print(json.dumps({v: out["variants"][v]}), file=sys.stderr, flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
