@@ -155,9 +155,10 @@ def run_game(game: str, a, results: Results, base: str) -> dict:
     where = [f"run.dir={bc_run}", f"data.uri={os.path.join(bc_run, 'replays')}", f"finetune.init_checkpoint={bc_run}"]
     cfg = load_config(config, [*where, *quick, *steps, *a.set])
     tag, ep = config_tag(cfg), a.episodes
+    ran_before = os.path.exists(os.path.join(bc_run, "pretrain", "best.json"))
     t0 = time.perf_counter()
     run_pipeline(cfg, ["record", "pretrain"])  # skipped when done (--keep)
-    bc_seconds = round(time.perf_counter() - t0)
+    bc_seconds = None if ran_before else round(time.perf_counter() - t0)  # record + pretrain, when run here
     bc = resolve_checkpoint(bc_run, stages=("pretrain",))
     scores: dict[str, list[list[float]]] = {}
     seconds: dict[str, list[int]] = {}
@@ -195,7 +196,8 @@ def run_game(game: str, a, results: Results, base: str) -> dict:
             scores.setdefault("dqfd_final", []).append(rec["final_scores"])
     arms = {k: summarise(v, game) for k, v in scores.items()}
     for k, v in seconds.items():
-        arms[k]["wall_s_per_run"] = round(float(np.mean(v)))
+        v = [x for x in v if x is not None]
+        arms[k]["wall_s_per_run"] = round(float(np.mean(v))) if v else None
     return {"arms": arms, "curves": curves, **compare(game, arms)}
 
 
