@@ -2,7 +2,7 @@
 the inputs as rayapp feeds them today (uint8 / 255) against three centrings, in one process.
 
     python benchmarks/bc_inputs.py runs/beat-teacher/pong/bc/replays           # 1,500 steps per variant
-    python benchmarks/bc_inputs.py runs/beat-teacher/pong/bc/replays --quick   # 300 steps
+    python benchmarks/bc_inputs.py runs/beat-teacher/pong/bc/replays --quick   # 150 steps, 2 episodes
 
 Variants: raw (x / 255, today's input), scalar (minus the mean of all pixels), median (minus each
 frame's median: a per-frame background), mean_frame (minus the per-pixel mean frame of the data).
@@ -79,13 +79,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--lr", type=float, default=2.5e-4)
     ap.add_argument("--variants", default="raw,scalar,median,mean_frame")
-    ap.add_argument("--quick", action="store_true", help="300 steps")
+    ap.add_argument("--quick", action="store_true", help="150 steps on 2 episodes (the path, not the figures)")
     a = ap.parse_args()
     import torch
 
     torch.set_num_threads(os.cpu_count() or 2)
     x, y = load(a.uri, a.episodes)
-    steps = 300 if a.quick else a.steps
+    steps = 150 if a.quick else a.steps
+    if a.quick:
+        a.episodes = min(a.episodes, 2)
     out: dict = {"benchmark": "bc_inputs", "uri": a.uri, "samples": len(y), "steps": steps, "lr": a.lr,
                  "majority_share": round(float(np.bincount(y).max() / len(y)), 3)}  # fmt: skip
     for how in a.variants.split(","):
