@@ -84,10 +84,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 2)
-    x, y = load(a.uri, a.episodes)
     steps = 150 if a.quick else a.steps
     if a.quick:
         a.episodes = min(a.episodes, 2)
+    x, y = load(a.uri, a.episodes)
     out: dict = {"benchmark": "bc_inputs", "uri": a.uri, "samples": len(y), "steps": steps, "lr": a.lr,
                  "majority_share": round(float(np.bincount(y).max() / len(y)), 3)}  # fmt: skip
     for how in a.variants.split(","):
