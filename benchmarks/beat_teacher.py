@@ -33,6 +33,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from finetune_ab import bc_fingerprint  # noqa: E402  (the BC weights' hash, as the A/B names its runs)
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 EVAL_RUN_SEED = 50  # the evaluation seeds: run.seed 50's evaluation block, which no arm's run uses
@@ -160,6 +163,7 @@ def run_game(game: str, a, results: Results, base: str) -> dict:
     run_pipeline(cfg, ["record", "pretrain"])  # skipped when done (--keep)
     bc_seconds = None if ran_before else round(time.perf_counter() - t0)  # record + pretrain, when run here
     bc = resolve_checkpoint(bc_run, stages=("pretrain",))
+    tag = f"{tag}-bc{bc_fingerprint(bc)}"  # BC scores and fine-tuning runs hold for these BC weights only
     scores: dict[str, list[list[float]]] = {}
     seconds: dict[str, list[int]] = {}
     curves: dict[str, list] = {}
