@@ -91,9 +91,8 @@ def config_tag(cfg) -> str:
     from rayapp.config import config_to_dict
 
     d = config_to_dict(cfg)
-    keep = {k: d[k] for k in ("env", "record", "data", "pretrain", "finetune") if k in d}
-    for k in ("init_checkpoint",):
-        keep["finetune"].pop(k, None)
+    keep = {k: d[k] for k in ("env", "record", "data", "pretrain", "finetune")}
+    keep["finetune"].pop("init_checkpoint", None)
     keep["data"].pop("uri", None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
@@ -110,10 +109,9 @@ class Results:
         return json.load(open(p)) if os.path.exists(p) else None
 
     def put(self, name: str, rec: dict) -> dict:
-        p = os.path.join(self.folder, name + ".json")
-        with open(p + ".tmp", "w") as f:
-            json.dump(rec, f, indent=1)
-        os.replace(p + ".tmp", p)
+        from rayapp.storage import resolve, write_bytes_atomic
+
+        write_bytes_atomic(resolve(os.path.join(self.folder, name + ".json")), json.dumps(rec, indent=1).encode())
         return rec
 
 
@@ -186,8 +184,9 @@ def run_game(game: str, a, results: Results, base: str) -> dict:
             t0 = time.perf_counter()
             r = finetune(rcfg)
             secs = round(time.perf_counter() - t0)
-            rec = results.put(name, {"seed": seed, "scores": score_policy(r.policy, cfg, ep),
-                                     "final_scores": score_policy(r.final_policy, cfg, ep), "seconds": secs,
+            chosen = score_policy(r.policy, cfg, ep)
+            final = chosen if r.final_policy == r.policy else score_policy(r.final_policy, cfg, ep)
+            rec = results.put(name, {"seed": seed, "scores": chosen, "final_scores": final, "seconds": secs,
                                      "chosen": os.path.relpath(r.policy, run) if r.policy.startswith(run) else "bc",
                                      "curve": [{k: p[k] for k in ("env_steps", "phase", "mean")} for p in r.curve],
                                      "date": time.strftime("%Y-%m-%d")})  # fmt: skip
