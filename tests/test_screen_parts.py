@@ -138,3 +138,19 @@ def test_the_rllib_env_chooses_its_backend_from_the_config(monkeypatch):
         make_pixel_env(reward)
     with pytest.raises(ConfigError, match="env.backend='vnc'"):
         make_pixel_env(dict(conf, backend="vnc"))
+
+
+def test_a_grab_becomes_the_same_frame_whatever_the_channel_order_of_the_work():
+    """bgra_to_frame drops alpha before its area resize: bit-identical to resizing the BGRA image
+    first (area averaging is per channel), on noise, where any difference would show."""
+    import cv2
+    import numpy as np
+
+    from rayapp.envs.screen.capture import bgra_to_frame
+
+    img = np.random.default_rng(0).integers(0, 256, (630, 480, 4), dtype=np.uint8)
+    for size in ((210, 160), (84, 84), (100, 77)):
+        ref = cv2.cvtColor(cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA), cv2.COLOR_BGRA2RGB)
+        out = bgra_to_frame(img, size)
+        assert out.shape == (*size, 3) and np.array_equal(out, ref), size
+    assert np.array_equal(bgra_to_frame(img), img[..., 2::-1])  # no resize: just BGRA -> RGB
