@@ -49,6 +49,33 @@ def test_models_have_one_head_per_control():
     assert lg.shape == (2, 4) and y.tolist() == [1, 2]
 
 
+def test_a_centred_network_subtracts_its_mean_frame_and_carries_it_in_its_weights(tmp_path):
+    from rayapp.frames import FrameSpec
+    from rayapp.models import save_policy
+    from rayapp.rl.module import PixelQModule
+
+    spec = ModelSpec((4, 84, 84), (("action", 4),), center=True)
+    net = build_model(spec)
+    mean = torch.rand(4, 84, 84)
+    net.encoder.input_mean.copy_(mean)
+    plain = build_model(ModelSpec((4, 84, 84), (("action", 4),)))
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if k != "encoder.input_mean"})
+    x = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(net(x)[0], plain(x.float() / 255 - mean)[0], atol=1e-5)
+        assert not torch.allclose(net(x)[0], plain(x)[0], atol=1e-3)  # the mean matters
+    # the checkpoint keeps it; a spec written before the key existed reads as not centred
+    save_policy(str(tmp_path / "p"), net, spec, FrameSpec(), {"game": "Breakout"}, {}, {})
+    pol = load_policy(str(tmp_path / "p"))
+    assert pol.spec.center and torch.equal(pol.state_dict["encoder.input_mean"], mean)
+    old = {k: v for k, v in spec.to_json().items() if k != "center"}
+    assert not ModelSpec.from_json(old).center and "input_mean" not in dict(build_model(ModelSpec.from_json(old)).named_buffers())
+    # RLlib's Q-module is built from the same spec (JSON through model_config) and takes the BC weights whole
+    mod = PixelQModule(observation_space=None, action_space=None, model_config={"spec": spec.to_json(), "epsilon": 0.0})
+    mod.net.load_state_dict(pol.state_dict)
+    assert torch.equal(mod.net.encoder.input_mean, mean)
+
+
 def test_classification_metrics():
     conf = np.array([[8, 2, 0], [1, 1, 0], [0, 0, 0]])  # class 2 absent
     m = classification_metrics(conf, ["a", "b", "c"], "val")
@@ -177,6 +204,31 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(breakout_data, smo
         for a in list_actors(here, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     ]
     assert victim not in alive
+
+
+def test_pretrain_centres_inputs_on_the_training_splits_mean_frame(breakout_data, smoke_cfg, tmp_path):
+    from rayapp.data.index import DatasetIndex
+    from rayapp.frames import FrameSpec, Preprocessor
+
+    cfg = smoke_cfg(f"data.uri={breakout_data}", "pretrain.epochs=1", "pretrain.num_workers=1",
+                    "model.center=true", "model.center_frames=300")  # fmt: skip
+    pol = load_policy(pretrain(cfg).checkpoint)
+    assert pol.spec.center
+    got = pol.state_dict["encoder.input_mean"].numpy()
+    # the same mean, computed here from the first 300 frames of the training episodes
+    ds = ReplayDataset(breakout_data)
+    d = cfg.data
+    index = DatasetIndex.build(ds, "action", d.val_fraction, d.test_fraction, d.split_seed)
+    train = set(index.episodes("train"))
+    frames = np.concatenate([e.obs for e in ds.iter_episodes() if e.episode_id in train])[:300]
+    one = Preprocessor(FrameSpec.from_config(d), frames.shape[1:])(frames).mean(0) / 255.0
+    assert got.shape == (4, 84, 84) and np.allclose(got, np.tile(one, (4, 1, 1)), atol=1e-5)
+    assert 0.01 < got.mean() < 0.5  # Breakout: a dark screen with bricks, not zeros
+    # a network started from it keeps its mean (model.center of the new run does not matter)
+    more = smoke_cfg(f"data.uri={breakout_data}", "pretrain.epochs=1", "pretrain.num_workers=1",
+                     f"model.init_checkpoint={pol.path}", f"run.dir={tmp_path / 'from-centred'}")  # fmt: skip
+    again = load_policy(pretrain(more).checkpoint)
+    assert again.spec.center and np.array_equal(again.state_dict["encoder.input_mean"].numpy(), got)
 
 
 def test_recurrent_model_trains_on_clips(breakout_data, smoke_cfg):

@@ -166,6 +166,13 @@ class ModelConfig:
     )
     hidden: int = opt(512, "features after the CNN's fully connected layer")
     lstm_hidden: int = opt(256, "cnn_lstm: LSTM state size")
+    center: bool = opt(
+        False,
+        "subtract the training split's per-pixel mean frame from the inputs (computed by `rayapp pretrain`, kept in "
+        "the checkpoint; a network started from a checkpoint keeps that one's): without it Pong's BC fits no better "
+        "than the majority action (benchmarks/bc_inputs.py)",
+    )
+    center_frames: int = opt(10000, "model.center: training frames the mean frame is computed from (whole episodes, in order)")
     init_mode: Literal["all", "trunk"] = opt(
         "all",
         "what model.init_checkpoint gives: every weight, or the trunk only (new output heads: a network trained on "

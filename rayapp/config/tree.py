@@ -87,6 +87,8 @@ class Config:
             raise ConfigError(
                 "pretrain.epochs, pretrain.batch_size, pretrain.num_workers must be >= 1 and pretrain.lr > 0"
             )
+        if self.model.center and self.model.center_frames < 1:
+            raise ConfigError(f"model.center_frames must be >= 1, got {self.model.center_frames}")
         if self.model.arch == "cnn_lstm" and self.data.clip_length == 0:
             raise ConfigError("model.arch=cnn_lstm trains on clips: set data.clip_length (e.g. 100)")
         if self.model.arch == "cnn" and self.data.clip_length > 0:

@@ -19,7 +19,7 @@ from rayapp.data.datasource import make_datasource, plan_tasks, sample_bytes
 from rayapp.data.index import SPLITS, DatasetIndex
 from rayapp.data.samples import ReadSpec
 from rayapp.errors import RayappError
-from rayapp.frames import FrameSpec
+from rayapp.frames import FrameSpec, Preprocessor
 from rayapp.replay.reader import ReplayDataset
 from rayapp.replay.schema import ActionControl
 
@@ -148,6 +148,26 @@ class Ingest:
             sample_bytes(self.frames, self.index.info.observation.shape, self.cfg.clip_length),
         )
         return ray.data.read_datasource(source, num_cpus=self.cfg.read_cpus, override_num_blocks=len(tasks))
+
+    def mean_frame(self, split: str = "train", max_frames: int = 10000) -> tuple[np.ndarray, int]:
+        """The per-pixel mean of the network's input over `split`'s first episodes (in recording
+        order, whole episodes up to `max_frames` frames): (input_shape float32 in [0, 1], frames used).
+        Each stacked slot gets the same single-frame mean."""
+        keep = set(self.index.episodes(split))
+        pre = Preprocessor(self.frames, self.index.info.observation.shape)
+        total, n = None, 0
+        for ep in self.index.ds.iter_episodes(max_corrupt_shards=self.cfg.max_corrupt_shards, extras=()):
+            if ep.episode_id not in keep:
+                continue
+            x = pre(ep.obs[: max_frames - n]).astype(np.float64).sum(0)
+            total = x if total is None else total + x
+            n += min(len(ep.obs), max_frames - n)
+            if n >= max_frames:
+                break
+        if n == 0:
+            raise RayappError(f"no {split} frames in {self.index.ds.uri} to compute model.center's mean frame from")
+        one = (total / n / 255.0).astype(np.float32)
+        return np.tile(one, (self.frames.frame_stack, 1, 1)), n
 
     def split_sizes(self) -> dict[str, dict[str, int]]:
         return {s: {"episodes": len(self.index.episodes(s)), "steps": self.index.rows(s)} for s in SPLITS}

@@ -30,6 +30,7 @@ class ModelSpec:
     hidden: int = 512
     lstm_hidden: int = 256
     dueling: bool = False  # outputs V(s) + A(s, a) - mean_a A(s, a); A is the head BC trains
+    center: bool = False  # the encoder subtracts a mean frame (`encoder.input_mean`, in the weights)
 
     @property
     def recurrent(self) -> bool:
@@ -50,11 +51,12 @@ class ModelSpec:
             hidden=int(d.get("hidden", 512)),
             lstm_hidden=int(d.get("lstm_hidden", 256)),
             dueling=bool(d.get("dueling", False)),
+            center=bool(d.get("center", False)),  # checkpoints before it: inputs not centred
         )
 
     def describe(self) -> str:
         heads = ", ".join(f"{n}:{k}" for n, k in self.controls)
-        return f"{self.arch}{' (dueling)' if self.dueling else ''} on {'x'.join(map(str, self.input_shape))} inputs, heads [{heads}]"
+        return f"{self.arch}{' (dueling)' if self.dueling else ''}{' (centred)' if self.center else ''} on {'x'.join(map(str, self.input_shape))} inputs, heads [{heads}]"
 
 
 def _conv_out(shape: tuple[int, int, int], net: nn.Module) -> int:
@@ -63,11 +65,19 @@ def _conv_out(shape: tuple[int, int, int], net: nn.Module) -> int:
 
 
 class NatureCNN(nn.Module):
-    """Mnih et al. 2015: 32x8x8/4 -> 64x4x4/2 -> 64x3x3/1 -> fully connected (3,136 -> 512 on 84x84)."""
+    """Mnih et al. 2015: 32x8x8/4 -> 64x4x4/2 -> 64x3x3/1 -> fully connected (3,136 -> 512 on 84x84).
 
-    def __init__(self, input_shape: tuple[int, int, int], hidden: int = 512):
+    Inputs are uint8 frames scaled to [0, 1] (or floats already on that scale). With `center`, a
+    mean frame is subtracted first: a buffer (`input_mean`, zeros until `rayapp pretrain` fills it
+    from the training split) that travels with the weights into every copy of the network: the
+    checkpoint, RLlib's Q- and target networks, the env runners, `rayapp play`.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], hidden: int = 512, center: bool = False):
         super().__init__()
         c = input_shape[0]
+        if center:
+            self.register_buffer("input_mean", torch.zeros(tuple(input_shape)))
         self.conv = nn.Sequential(
             nn.Conv2d(c, 32, 8, stride=4),
             nn.ReLU(),
@@ -83,6 +93,8 @@ class NatureCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = self._scaled(x)
+        if "input_mean" in self._buffers:
+            x = x - self.input_mean
         return self.fc(self.conv(x))
 
     def _scaled(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +114,7 @@ class PolicyNetwork(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        self.encoder = NatureCNN(spec.input_shape, spec.hidden)
+        self.encoder = NatureCNN(spec.input_shape, spec.hidden, spec.center)
         features = spec.hidden
         self.lstm = None
         if spec.recurrent:

@@ -15,6 +15,7 @@ balanced accuracy; `metrics.csv` and `tensorboard/` hold the curves.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
         cfg.model.arch,
         cfg.model.hidden,
         cfg.model.lstm_hidden,
+        center=cfg.model.center,
     )
     game = {"game": info.game, "env_id": info.env_id, "obs_shape": list(info.observation.shape),
             "actions": [list(c.labels) for c in ingest.controls], "frame_rate": info.frame_rate, "dataset": info.dataset_id}  # fmt: skip
@@ -105,7 +107,8 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
         pol = load_policy(cfg.model.init_checkpoint)
         other = pol.spec
         if cfg.model.init_mode == "trunk":  # new heads for this dataset's labels; the rest must match
-            other = ModelSpec(other.input_shape, spec.controls, other.arch, other.hidden, other.lstm_hidden)
+            other = dataclasses.replace(other, controls=spec.controls)
+        spec = dataclasses.replace(spec, center=other.center)  # its weights hold its own mean frame (or none)
         check_compatible(
             spec,
             info.game,
@@ -132,6 +135,10 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
                 f"{folder.uri} already trained {prev['epoch']} epochs (pretrain.epochs={p.epochs}); raise pretrain.epochs to continue, or use another run.dir"
             )
         print(f"pretrain: resuming {folder.uri} after epoch {prev['epoch']} of {p.epochs}", flush=True)
+    input_mean = None
+    if spec.center and not init:  # the same frames every time: a resumed run gets the mean its checkpoint holds
+        input_mean, n = ingest.mean_frame("train", cfg.model.center_frames)
+        print(f"pretrain: inputs centred on the mean frame of {n:,} training frames (model.center)", flush=True)
     save_resolved_config(cfg, "pretrain")
     has_val = ingest.rows("val") > 0
     datasets = {"train": ingest.dataset("train")}
@@ -150,6 +157,7 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
         "has_val": has_val,
         "game": game,
         "init_checkpoint": init,
+        "input_mean": input_mean,
         "corrupt_shards_skipped": len(ingest.index.skipped),
     }
     resources = {"CPU": p.cpus_per_worker}

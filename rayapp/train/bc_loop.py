@@ -114,6 +114,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     amp = cuda and p.amp
 
     model = build_model(spec)
+    if config.get("input_mean") is not None:  # model.center: the training split's mean frame
+        model.encoder.input_mean.copy_(torch.as_tensor(config["input_mean"]))
     trunk_only = cfg.model.init_mode == "trunk" and bool(config.get("init_checkpoint"))
     if config.get("init_checkpoint"):
         state = load_policy(config["init_checkpoint"]).state_dict
