@@ -172,7 +172,7 @@ class ModelConfig:
         "the checkpoint; a network started from a checkpoint keeps that one's): without it Pong's BC fits no better "
         "than the majority action (benchmarks/bc_inputs.py)",
     )
-    center_frames: int = opt(10000, "model.center: training frames the mean frame is computed from (whole episodes, in order)")
+    center_frames: int = opt(10000, "model.center: the mean frame is that of the training split's first N frames (in recording order)")
     init_mode: Literal["all", "trunk"] = opt(
         "all",
         "what model.init_checkpoint gives: every weight, or the trunk only (new output heads: a network trained on "

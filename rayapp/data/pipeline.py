@@ -150,9 +150,9 @@ class Ingest:
         return ray.data.read_datasource(source, num_cpus=self.cfg.read_cpus, override_num_blocks=len(tasks))
 
     def mean_frame(self, split: str = "train", max_frames: int = 10000) -> tuple[np.ndarray, int]:
-        """The per-pixel mean of the network's input over `split`'s first episodes (in recording
-        order, whole episodes up to `max_frames` frames): (input_shape float32 in [0, 1], frames used).
-        Each stacked slot gets the same single-frame mean."""
+        """The per-pixel mean of the network's input over the first `max_frames` frames of
+        `split`'s episodes in recording order: (input_shape float32 in [0, 1], frames used). Each
+        stacked slot gets the same single-frame mean."""
         keep = set(self.index.episodes(split))
         pre = Preprocessor(self.frames, self.index.info.observation.shape)
         total, n = None, 0
