@@ -91,10 +91,13 @@ class NatureCNN(nn.Module):
         self.out_features = hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self._buffers.get("input_mean")
         if x.dtype == torch.uint8:
-            x = self._scaled(x)
-        if "input_mean" in self._buffers:
-            x = x - self.input_mean
+            x = self._scaled(x)  # a tensor of our own: centred in place, no second allocation per batch
+            if mean is not None:
+                x.sub_(mean)
+        elif mean is not None:  # the caller's tensor: left as it is
+            x = x - mean
         return self.fc(self.conv(x))
 
     def _scaled(self, x: torch.Tensor) -> torch.Tensor:
