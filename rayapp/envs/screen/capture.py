@@ -51,7 +51,7 @@ def bgra_to_frame(img: np.ndarray, frame_size: tuple[int, int] = (0, 0)) -> np.n
     """A captured BGRA image -> the RGB frame, area-resized to `frame_size` (rows, cols) unless (0, 0).
 
     The alpha channel goes first, so the resize moves three channels, not four: the same pixels as
-    resizing first (area averaging is per channel), about 0.2 ms less per 630x480 grab.
+    resizing first (area averaging is per channel), in less time (benchmarks/screen.py, part 1).
     """
     rgb = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     if tuple(frame_size) != (0, 0) and rgb.shape[:2] != tuple(frame_size):
