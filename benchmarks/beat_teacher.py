@@ -10,6 +10,7 @@ dqfd_final (the run's last policy).
     python benchmarks/beat_teacher.py                              # breakout and pong, 3 seeds
     python benchmarks/beat_teacher.py --games freeway --seeds 3    # the third game
     python benchmarks/beat_teacher.py --quick                      # tiny budgets, under a minute
+    python benchmarks/beat_teacher.py --report --plot benchmarks/results/beat_teacher/curves.png  # from the files, no runs
 
 Each finished run or score is one JSON file in benchmarks/results/beat_teacher/ (commit them; a
 rerun skips what is there, so a benchmark longer than a session adds up; a changed config makes new
@@ -156,27 +157,35 @@ def run_game(game: str, a, results: Results, base: str) -> dict:
     where = [f"run.dir={bc_run}", f"data.uri={os.path.join(bc_run, 'replays')}", f"finetune.init_checkpoint={bc_run}"]
     cfg = load_config(config, [*where, *quick, *steps, *a.set])
     tag, ep = config_tag(cfg), a.episodes
-    ran_before = os.path.exists(os.path.join(bc_run, "pretrain", "best.json"))
-    t0 = time.perf_counter()
-    run_pipeline(cfg, ["record", "pretrain"])  # skipped when done (--keep)
-    bc_seconds = None if ran_before else round(time.perf_counter() - t0)  # record + pretrain, when run here
-    bc = resolve_checkpoint(bc_run, stages=("pretrain",))
-    tag = f"{tag}-bc{bc_fingerprint(bc)}"  # BC scores and fine-tuning runs hold for these BC weights only
+    if a.report:  # the committed results only: the BC is the one the most fine-tuning runs started from
+        bc, bc_seconds = None, None
+        tag = f"{tag}-bc{report_fingerprint(results, game, tag, ep)}"
+    else:
+        ran_before = os.path.exists(os.path.join(bc_run, "pretrain", "best.json"))
+        t0 = time.perf_counter()
+        run_pipeline(cfg, ["record", "pretrain"])  # skipped when done (--keep)
+        bc_seconds = None if ran_before else round(time.perf_counter() - t0)  # record + pretrain, when run here
+        bc = resolve_checkpoint(bc_run, stages=("pretrain",))
+        tag = f"{tag}-bc{bc_fingerprint(bc)}"  # BC scores and fine-tuning runs hold for these BC weights only
     scores: dict[str, list[list[float]]] = {}
     seconds: dict[str, list[int]] = {}
     curves: dict[str, list] = {}
     for player in ("teacher", "random"):
         name = f"{game}-{player}-{cfg.env.sticky_actions}sticky-{cfg.eval.max_episode_steps}cap-{ep}ep"
-        rec = results.get(name) or results.put(name, {"scores": score_player(player, cfg, ep)})
-        scores[player] = [rec["scores"]]
+        rec = results.get(name) or (None if a.report else results.put(name, {"scores": score_player(player, cfg, ep)}))
+        if rec:
+            scores[player] = [rec["scores"]]
     name = f"{game}-bc-{tag}-{ep}ep"
-    rec = results.get(name) or results.put(name, {"scores": score_policy(bc, cfg, ep), "seconds": bc_seconds})
-    scores["bc"], seconds["bc"] = [rec["scores"]], [rec["seconds"]]
+    rec = results.get(name) or (None if a.report else results.put(name, {"scores": score_policy(bc, cfg, ep), "seconds": bc_seconds}))
+    if rec:
+        scores["bc"], seconds["bc"] = [rec["scores"]], [rec["seconds"]]
     plan = [("scratch", s, SCRATCH + [f"finetune.epsilon_steps={max(1, cfg.finetune.online_steps // 2)}"]) for s in range(a.scratch_seeds)]  # fmt: skip
     plan += [("dqfd", s, [f"finetune.init_checkpoint={bc_run}"]) for s in range(a.seeds)]
     for arm, seed, sets in plan:
         name = f"{game}-{arm}-{tag}-{cfg.finetune.online_steps}steps-{ep}ep-seed{seed}"
         rec = results.get(name)
+        if rec is None and a.report:
+            continue
         if rec is None:
             run = os.path.join(base, game, f"{arm}-{seed}")
             rcfg = load_config(config, [f"run.dir={run}", f"run.seed={seed}", f"data.uri={cfg.data_uri}",
@@ -202,6 +211,21 @@ def run_game(game: str, a, results: Results, base: str) -> dict:
         v = [x for x in v if x is not None]
         arms[k]["wall_s_per_run"] = round(float(np.mean(v))) if v else None
     return {"arms": arms, "curves": curves, **compare(game, arms)}
+
+
+def report_fingerprint(results: Results, game: str, tag: str, episodes: int) -> str:
+    """--report: the BC fingerprint of this config's results that the most runs share."""
+    import glob
+    from collections import Counter
+
+    pre = os.path.join(results.folder, f"{game}-")
+    found = Counter()
+    for p in glob.glob(f"{pre}*-{tag}-bc*-{episodes}ep*.json"):
+        rest = p[len(pre) :].split(f"-{tag}-bc", 1)[1]
+        found[rest.split("-", 1)[0]] += 1
+    if not found:
+        raise SystemExit(f"--report: no results for {game} with config tag {tag} in {results.folder}")
+    return found.most_common(1)[0][0]
 
 
 def plot(games: dict, path: str) -> None:
@@ -242,6 +266,8 @@ def main() -> None:
     ap.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results", "beat_teacher"))
     ap.add_argument("--plot", default=None, help="where the curves PNG goes")
     ap.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed, 2 episodes (results not kept)")
+    ap.add_argument("--report", action="store_true",
+                    help="run nothing: tables and --plot from the result files there are (up to --seeds per game)")
     a = ap.parse_args()
     if a.quick:
         a.seeds, a.episodes = 1, 2
@@ -251,9 +277,12 @@ def main() -> None:
         raise SystemExit(f"unknown game(s) {bad}: {', '.join(HUMAN_RANDOM)}")
     import ray
 
+    if a.report and a.quick:
+        raise SystemExit("--report reads the kept results; --quick keeps none")
     base = tempfile.mkdtemp(prefix="beat-teacher-") if a.quick else a.keep
     results = Results(os.path.join(base, "results") if a.quick else a.results)
-    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    if not a.report:
+        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
     out: dict = {"benchmark": "beat_teacher", "quick": a.quick, "machine": f"{os.cpu_count()} cpus",
                  "episodes": a.episodes, "seeds": a.seeds}  # fmt: skip

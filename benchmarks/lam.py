@@ -13,11 +13,13 @@ selection saw), in the same process:
   of the true action from the codes against the majority class.
 Breakout, label efficiency: BC on latent actions over all episodes, mapped to the real controls
 with 10% of the labelled training episodes (`rayapp lam map`), against BC on those 10% alone;
-both played over the same fresh evaluation seeds beside the teacher and random (mean +- s.e.).
+both played greedy and sampled over the same fresh evaluation seeds beside the teacher and random
+(mean +- s.e.; a difference within one s.e. of the difference is noise).
 Speed: training pairs/s and the ingest's pairs/s alone, on this machine.
 
     python benchmarks/lam.py             # CPU-sized (about 40 minutes on 2 cores)
     python benchmarks/lam.py --quick     # about a minute: the path without label efficiency, numbers mean nothing
+    python benchmarks/lam.py --games Breakout --variants fsq_4x4   # one variant and label efficiency (~20 min)
 
 The last line printed is one JSON object.
 """
@@ -118,6 +120,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--run-dir", default=None, help="keep the outputs here (default: a temporary folder)")
     ap.add_argument("--grids", default=None, help="copy Breakout's code_grids.png here (the README's picture)")
+    ap.add_argument("--games", default=None, help="comma-separated subset of Breakout,Pong (default: both)")
+    ap.add_argument("--variants", default=None, help=f"comma-separated, for every game run: {', '.join(VARIANTS)}")
     a = ap.parse_args()
     from rayapp.cli import main as rayapp
     from rayapp.config import load_config
@@ -131,6 +135,10 @@ def main() -> None:
     from rayapp.train.lam_map import map_to_controls
 
     z = sizes(a.quick)
+    if a.games:
+        z["variants"] = {g: z["variants"][g] for g in a.games.split(",")}
+    if a.variants:
+        z["variants"] = {g: a.variants.split(",") for g in z["variants"]}
     run = a.run_dir or tempfile.mkdtemp(prefix="lam-bench-")
     base = [f"env.max_episode_steps={z['max_steps']}", f"lam.steps={z['lam_steps']}", "ray.num_cpus=2"]
     if a.quick:
@@ -218,20 +226,26 @@ def label_efficiency(z, sets, gdir, data, lam_dir, pretrain, map_to_controls, ev
     small = os.path.join(gdir, "bc-10pct")
     b = pretrain(load_config(CPU_CONFIG, [*common, f"run.dir={small}", f"data.uri={data}", "data.train_fraction=0.1",
                                           f"pretrain.epochs={z['bc_epochs'] * 3}"]))  # fmt: skip
-    ecfg = load_config(CPU_CONFIG, [*sets, f"run.dir={gdir}", f"eval.episodes={z['eval_episodes']}", "eval.modes=[greedy]",
+    # both modes: a greedy policy trained on 2 episodes may never press FIRE (the ball is never
+    # launched: 0 points), sampling from it does; the teacher and random are the same in both
+    ecfg = load_config(CPU_CONFIG, [*sets, f"run.dir={gdir}", f"eval.episodes={z['eval_episodes']}", "eval.modes=[greedy,sampled]",
                                     f"eval.max_episode_steps={z['max_steps'] * 2}", "eval.video_steps=1"])  # fmt: skip
     rep = evaluate(ecfg, m.result.checkpoint, others={"bc_10pct": b.checkpoint}, out_dir=os.path.join(gdir, "eval"))
     scores = rep.to_json()["scores"]
     res = {"labelled_train_episodes": m.result.summary["splits"]["train"]["episodes"],
            "seconds": round(time.perf_counter() - t0), "eval_seeds": rep.seeds()[:3] + ["..."]}  # fmt: skip
-    for name, key in (("latent_mapped", "policy/greedy"), ("bc_10pct", "bc_10pct/greedy"), ("teacher", "teacher"), ("random", "random")):
+    arms = [(f"{n}_{m}", f"{k}/{m}") for m in ("greedy", "sampled") for n, k in (("latent_mapped", "policy"), ("bc_10pct", "bc_10pct"))]
+    for name, key in [*arms, ("teacher", "teacher"), ("random", "random")]:
         xs = scores[key]["per_episode"]
         res[name] = {"mean": round(sum(xs) / len(xs), 2), "sem": round(sem(xs), 2), "episodes": len(xs)}
     for name, folder in (("latent_mapped", mapped), ("bc_10pct", small)):  # the imitation itself, on held-out episodes
-        res[name]["val_balanced_accuracy"] = _last(folder, "val/balanced_accuracy", "pretrain")
-    diff = res["latent_mapped"]["mean"] - res["bc_10pct"]["mean"]
-    se = math.hypot(res["latent_mapped"]["sem"], res["bc_10pct"]["sem"])
-    res["difference"] = {"mean": round(diff, 2), "se": round(se, 2), "verdict": "noise" if abs(diff) <= se else ("latent better" if diff > 0 else "bc better")}
+        res[f"{name}_val_balanced_accuracy"] = _last(folder, "val/balanced_accuracy", "pretrain")
+    for m in ("greedy", "sampled"):
+        diff = res[f"latent_mapped_{m}"]["mean"] - res[f"bc_10pct_{m}"]["mean"]
+        se = math.hypot(res[f"latent_mapped_{m}"]["sem"], res[f"bc_10pct_{m}"]["sem"])
+        better = "latent better" if diff > 0 else "bc better"
+        verdict = "noise" if abs(diff) <= se else (better if abs(diff) > 2 * se else f"{better}, within 2 SE")
+        res[f"difference_{m}"] = {"mean": round(diff, 2), "se": round(se, 2), "verdict": verdict}
     return res
 
 
