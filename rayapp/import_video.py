@@ -247,7 +247,7 @@ def _open(cfg: Config, src: _Source, frames: np.ndarray, summary: ImportSummary)
         extras=("frame",),
         recorded_by={"source": "video", "every": v.every, "frame_size": list(v.frame_size)},
     )
-    info = create_dataset(cfg.data_uri, info, append=v.append)
+    info = create_dataset(cfg.data_uri, info, append=v.append, append_key="video.append")
     if info.actions:
         raise ReplayFormatError(f"{cfg.data_uri} holds a dataset with actions; video goes into an action-less one")
     writer = ReplayWriter(cfg.data_uri, info, f"video-{uuid.uuid4().hex[:6]}", shard_mb=r.shard_mb,

@@ -117,7 +117,8 @@ def test_mixed_sizes_refused_unless_resized_and_no_overwrite(atari_frames, tmp_p
     assert "set video.frame_size=[H,W]" in capsys.readouterr().err
     assert run(str(src), "--set", f"data.uri={tmp_path / 'b'}", "--set", "video.frame_size=[105,80]") == 0
     assert run(str(src), "--set", f"data.uri={tmp_path / 'b'}", "--set", "video.frame_size=[105,80]") != 0
-    assert "already holds a dataset" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds a dataset" in err and "set video.append=true" in err and "record.append" not in err, err
     assert run(str(tmp_path / "nothing-here"), "--set", f"data.uri={tmp_path / 'c'}") != 0
 
 

@@ -27,9 +27,12 @@ def _check_bucket(loc: Location) -> None:
         )
 
 
-def create_dataset(uri: str | Location, info: DatasetInfo, append: bool = False) -> DatasetInfo:
+def create_dataset(
+    uri: str | Location, info: DatasetInfo, append: bool = False, append_key: str = "record.append"
+) -> DatasetInfo:
     """Write `dataset.json` for a new dataset, or check that `info` may be appended to an existing one.
 
+    `append_key` is the config key that allows appending, named in the refusal (the writing stage's).
     Returns the description the writers must use (the existing one when appending).
     """
     loc = uri if isinstance(uri, Location) else resolve(uri)
@@ -39,7 +42,7 @@ def create_dataset(uri: str | Location, info: DatasetInfo, append: bool = False)
         existing = ReplayDataset(loc)
         if not append and (existing.shards or existing.info.compatible_with(info)):
             raise RayappError(
-                f"{loc.uri} already holds a dataset ({len(existing.shards)} shards); set record.append=true to add "
+                f"{loc.uri} already holds a dataset ({len(existing.shards)} shards); set {append_key}=true to add "
                 f"episodes to it, or choose another data.uri"
             )
         problems = existing.info.compatible_with(info)
