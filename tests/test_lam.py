@@ -106,6 +106,23 @@ def test_lam_label_writes_the_contract_and_a_report(lam_run, tmp_path):
         lat = np.asarray(lat, dtype=np.float64)  # null -> NaN
         assert np.isnan(lat[-1]), "the last step has no next frame, so no latent action"
         assert np.isfinite(lat[:-1]).all() and ((0 <= lat[:-1]) & (lat[:-1] < 8)).all()
+    # read as clips for a recurrent policy: the last step (no latent action) is masked, never a target
+    from rayapp.data import build_ingest
+    from rayapp.data.samples import read_samples
+
+    ingest = build_ingest(load_config(SMOKE, [f"data.uri={out}", "data.label=latent_action", "data.clip_length=16",
+                                              "data.frame_stack=1", "model.arch=cnn_lstm", "data.val_fraction=0",
+                                              "data.test_fraction=0"]))  # fmt: skip
+    spec = ingest.read_spec(None, False, include_ids=True)
+    batches = [b for t in ingest.tasks(None) for b in read_samples(spec, t)]
+    mask = np.concatenate([b["mask"] for b in batches])
+    codes = np.concatenate([b[spec.output_columns[0]] for b in batches])
+    steps = np.concatenate([b["step"] for b in batches])
+    assert (codes[mask] >= 0).all() and (codes[mask] < 8).all()
+    last = {e: n - 1 for e, n in _episode_lengths(str(out)).items()}
+    ids = np.concatenate([np.repeat(b["episode_id"][:, None], b["mask"].shape[1], 1) for b in batches])
+    assert mask.sum() == sum(last.values()), "every step but each episode's last is a target"
+    assert not any(mask[i, j] and steps[i, j] == last[ids[i, j]] for i, j in np.argwhere(mask))
     report = json.loads((run / "lam" / "label" / "report.json").read_text())
     assert report["has_actions"] and report["codes_used"] >= 1 and report["probe_pairs"][1] > 0
     assert report["mutual_information"] >= 0 and 0 <= report["probe_accuracy"] <= 1

@@ -180,6 +180,8 @@ def read_samples(
         r = rows[s : s + per_block]
         if L:
             pos, mask = clip_positions(r, seg_id, is_start, L)
+            if lab and spec.label_columns[0] == "latent_action":
+                mask &= lab[0][pos] >= 0  # an episode's last step has no latent action: not a target
             idx = stack_indices(seg_start, pos.reshape(-1), k)
             obs = f[idx].reshape(len(r), L, k * c, h, w)
             out = {"obs": obs, "mask": mask}
