@@ -9,7 +9,7 @@ dqfd_final (the run's last policy).
 
     python benchmarks/beat_teacher.py                              # breakout and pong, 3 seeds
     python benchmarks/beat_teacher.py --games freeway --seeds 3    # the third game
-    python benchmarks/beat_teacher.py --quick                      # tiny budgets, under a minute
+    python benchmarks/beat_teacher.py --quick                      # Breakout at tiny budgets: the path, no figures
     python benchmarks/beat_teacher.py --report --plot benchmarks/results/beat_teacher/curves.png  # from the files, no runs
 
 Each finished run or score is one JSON file in benchmarks/results/beat_teacher/ (commit them; a
@@ -255,7 +255,8 @@ def plot(games: dict, path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--games", default="breakout,pong", help=f"comma-separated: {', '.join(HUMAN_RANDOM)}")
+    ap.add_argument("--games", default=None,
+                    help=f"comma-separated: {', '.join(HUMAN_RANDOM)} (default breakout,pong; --quick: breakout)")
     ap.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per game (arm dqfd)")
     ap.add_argument("--scratch-seeds", type=int, default=1, help="DQN-from-scratch seeds per game")
     ap.add_argument("--episodes", type=int, default=30, help="evaluation episodes per policy")
@@ -271,7 +272,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.seeds, a.episodes = 1, 2
-    games = [g.strip() for g in a.games.split(",") if g.strip()]
+    games = [g.strip() for g in (a.games or ("breakout" if a.quick else "breakout,pong")).split(",") if g.strip()]
     bad = [g for g in games if g not in HUMAN_RANDOM]
     if bad:
         raise SystemExit(f"unknown game(s) {bad}: {', '.join(HUMAN_RANDOM)}")
