@@ -51,10 +51,15 @@ def lam_run(bc_run, tmp_path_factory):
     """20 steps of the tiny LAM on the shared smoke replays (teacher episodes with actions)."""
     from rayapp.train.lam import train_lam
 
-    run = tmp_path_factory.mktemp("lam") / "run"
-    cfg = lam_cfg(run, f"{bc_run}/replays", "lam.steps=20")
-    result = train_lam(cfg)
-    return run, cfg, result
+    base = tmp_path_factory.mktemp("lam")
+    here = os.getcwd()
+    os.chdir(base)  # a relative run.dir, as users type it: the outputs land under the working directory
+    try:
+        cfg = lam_cfg(Path("run"), f"{bc_run}/replays", "lam.steps=20")
+        result = train_lam(cfg)
+    finally:
+        os.chdir(here)
+    return base / "run", lam_cfg(base / "run", f"{bc_run}/replays", "lam.steps=20"), result
 
 
 def test_lam_train_writes_checkpoints_metrics_and_images(lam_run):

@@ -13,6 +13,7 @@ reconstructions with difference heat maps), and resumes from its latest checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -121,7 +122,11 @@ def train_lam(cfg: Config) -> LamResult:
         datasets["val"] = ingest.dataset("val")
     game = {"game": info.game, "env_id": info.env_id, "obs_shape": list(info.observation.shape),
             "frame_rate": info.frame_rate, "dataset": info.dataset_id, "dataset_uri": ingest.index.ds.uri}  # fmt: skip
-    loop_config = {"cfg": config_to_dict(cfg), "spec": spec.to_json(), "frames": frames.to_json(), "game": game,
+    # the workers write the metrics, TensorBoard and W&B files themselves, from Ray Train's working
+    # directory (not the driver's): a relative run.dir is made absolute here
+    run = resolve(cfg.run.dir)
+    worker_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=run.path if run.is_local else run.uri))
+    loop_config = {"cfg": config_to_dict(worker_cfg), "spec": spec.to_json(), "frames": frames.to_json(), "game": game,
                    "has_val": has_val}  # fmt: skip
     resources = {"CPU": m.cpus_per_worker, **({"GPU": 1.0} if m.use_gpu else {})}
     require_cpus_beside(m.num_workers, m.cpus_per_worker, cfg.data.read_cpus, "lam.cpus_per_worker")
