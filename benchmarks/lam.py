@@ -17,9 +17,9 @@ both played greedy and sampled over the same fresh evaluation seeds beside the t
 (mean +- s.e.; a difference within one s.e. of the difference is noise).
 Speed: training pairs/s and the ingest's pairs/s alone, on this machine.
 
-    python benchmarks/lam.py             # CPU-sized (about 40 minutes on 2 cores)
+    python benchmarks/lam.py             # CPU-sized (about 50 minutes on 2 cores)
     python benchmarks/lam.py --quick     # about a minute: the path without label efficiency, numbers mean nothing
-    python benchmarks/lam.py --games Breakout --variants fsq_4x4   # one variant and label efficiency (~20 min)
+    python benchmarks/lam.py --games Breakout --variants fsq_4x4   # one variant and label efficiency (19 min here)
 
 The last line printed is one JSON object.
 """
