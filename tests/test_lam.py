@@ -67,6 +67,7 @@ def test_lam_train_writes_checkpoints_metrics_and_images(lam_run):
 
     run, cfg, result = lam_run
     best = json.loads((run / "lam" / "best.json").read_text())
+    assert json.loads((run / "lam" / "latest.json").read_text())["step"] == 20  # the controller's, under run.dir
     ck = load_lam(str(run))  # a run folder resolves to its best checkpoint
     assert ck.path == best["checkpoint"] == result.checkpoint
     assert ck.meta["step"] in (10, 20) and ck.spec.codes == 8 and (ck.spec.height, ck.spec.width) == (42, 32)

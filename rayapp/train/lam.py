@@ -99,6 +99,10 @@ class LamReportCallback(UserCallback):
 
 
 def train_lam(cfg: Config) -> LamResult:
+    # the workers (metrics, TensorBoard, W&B) and the controller's callback (latest.json) write from
+    # their own working directories, not the driver's: a relative run.dir is made absolute here
+    run = resolve(cfg.run.dir)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=run.path if run.is_local else run.uri))
     m = cfg.lam
     init_ray(cfg.ray)
     configure_data_context()
@@ -122,11 +126,7 @@ def train_lam(cfg: Config) -> LamResult:
         datasets["val"] = ingest.dataset("val")
     game = {"game": info.game, "env_id": info.env_id, "obs_shape": list(info.observation.shape),
             "frame_rate": info.frame_rate, "dataset": info.dataset_id, "dataset_uri": ingest.index.ds.uri}  # fmt: skip
-    # the workers write the metrics, TensorBoard and W&B files themselves, from Ray Train's working
-    # directory (not the driver's): a relative run.dir is made absolute here
-    run = resolve(cfg.run.dir)
-    worker_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=run.path if run.is_local else run.uri))
-    loop_config = {"cfg": config_to_dict(worker_cfg), "spec": spec.to_json(), "frames": frames.to_json(), "game": game,
+    loop_config = {"cfg": config_to_dict(cfg), "spec": spec.to_json(), "frames": frames.to_json(), "game": game,
                    "has_val": has_val}  # fmt: skip
     resources = {"CPU": m.cpus_per_worker, **({"GPU": 1.0} if m.use_gpu else {})}
     require_cpus_beside(m.num_workers, m.cpus_per_worker, cfg.data.read_cpus, "lam.cpus_per_worker")
