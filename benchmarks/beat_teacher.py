@@ -170,13 +170,16 @@ def run_game(game: str, a, results: Results, base: str) -> dict:
     scores: dict[str, list[list[float]]] = {}
     seconds: dict[str, list[int]] = {}
     curves: dict[str, list] = {}
+
+    def kept(name: str, make) -> dict | None:  # the result file, else (not with --report) make and keep it
+        return results.get(name) or (None if a.report else results.put(name, make()))
+
     for player in ("teacher", "random"):
         name = f"{game}-{player}-{cfg.env.sticky_actions}sticky-{cfg.eval.max_episode_steps}cap-{ep}ep"
-        rec = results.get(name) or (None if a.report else results.put(name, {"scores": score_player(player, cfg, ep)}))
+        rec = kept(name, lambda: {"scores": score_player(player, cfg, ep)})  # noqa: B023 (called at once)
         if rec:
             scores[player] = [rec["scores"]]
-    name = f"{game}-bc-{tag}-{ep}ep"
-    rec = results.get(name) or (None if a.report else results.put(name, {"scores": score_policy(bc, cfg, ep), "seconds": bc_seconds}))
+    rec = kept(f"{game}-bc-{tag}-{ep}ep", lambda: {"scores": score_policy(bc, cfg, ep), "seconds": bc_seconds})
     if rec:
         scores["bc"], seconds["bc"] = [rec["scores"]], [rec["seconds"]]
     plan = [("scratch", s, SCRATCH + [f"finetune.epsilon_steps={max(1, cfg.finetune.online_steps // 2)}"]) for s in range(a.scratch_seeds)]  # fmt: skip

@@ -9,6 +9,8 @@ key's full path; the resolved tree is saved next to every output so a run can be
 
 from rayapp.config.lam import LamConfig, VideoConfig
 from rayapp.config.loader import (
+    absolute,
+    absolute_paths,
     config_from_dict,
     config_to_dict,
     describe_keys,
@@ -35,6 +37,8 @@ from rayapp.config.sections import (
 from rayapp.config.tree import Config
 
 __all__ = [
+    "absolute",
+    "absolute_paths",
     "Config",
     "RunConfig",
     "RayConfig",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from typing import Any, Literal
@@ -241,4 +242,24 @@ def path_keys() -> dict[str, tuple[str, ...]]:
                 out[prefix + f.name] = f.metadata["not_paths"]
 
     walk(Config, "")
+    return out
+
+
+def absolute(value: Any, not_paths: tuple[str, ...] = ()) -> Any:
+    """A path-valued config value that no longer depends on the working directory: local paths
+    made absolute, URIs (s3://, file://, ...) and empty or special values ('none') as they are."""
+    if not isinstance(value, str) or not value or "://" in value or value.lower() in not_paths:
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """A copy of `cfg` with every path-valued key (`path_keys`) made absolute: for processes with
+    another working directory (Tune's trials, Ray Train's workers and controller), where a
+    relative path would name something else."""
+    out = config_from_dict(config_to_dict(cfg))
+    for key, not_paths in path_keys().items():
+        section, name = key.split(".")
+        node = getattr(out, section)
+        setattr(node, name, absolute(getattr(node, name), not_paths))
     return out

@@ -13,7 +13,6 @@ reconstructions with difference heat maps), and resumes from its latest checkpoi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
-from rayapp.config import Config, config_to_dict
+from rayapp.config import Config, absolute_paths, config_to_dict
 from rayapp.data.pipeline import build_pair_ingest, configure_data_context, train_data_config
 from rayapp.errors import RayappError, StageError, StorageError, find_error
 from rayapp.frames import FrameSpec
@@ -100,9 +99,8 @@ class LamReportCallback(UserCallback):
 
 def train_lam(cfg: Config) -> LamResult:
     # the workers (metrics, TensorBoard, W&B) and the controller's callback (latest.json) write from
-    # their own working directories, not the driver's: a relative run.dir is made absolute here
-    run = resolve(cfg.run.dir)
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=run.path if run.is_local else run.uri))
+    # their own working directories, not the driver's: relative paths are made absolute here
+    cfg = absolute_paths(cfg)
     m = cfg.lam
     init_ray(cfg.ray)
     configure_data_context()

@@ -16,11 +16,19 @@ an interrupted sweep (`Tuner.restore`); a trial that crashes is reported and the
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayapp.config import Config, config_from_dict, config_to_dict, dump_config, path_keys, set_key
+from rayapp.config import (
+    Config,
+    absolute,
+    absolute_paths,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    path_keys,
+    set_key,
+)
 from rayapp.errors import ConfigError, RayappError
 from rayapp.runtime import init_ray
 from rayapp.storage import resolve, write_bytes_atomic
@@ -55,25 +63,6 @@ def _domain(key: str, spec: Any):
 def _examples(spec: dict) -> list[Any]:
     ((kind, arg),) = spec.items()
     return list(arg) if kind in ("choice", "grid") else [arg[0], arg[1]]
-
-
-def absolute(value: Any, not_paths: tuple[str, ...] = ()) -> Any:
-    """A path-valued config value that no longer depends on the working directory: local paths
-    made absolute, URIs (s3://, file://, ...) and empty or special values ('none') as they are."""
-    if not isinstance(value, str) or not value or "://" in value or value.lower() in not_paths:
-        return value
-    return os.path.abspath(os.path.expanduser(value))
-
-
-def absolute_paths(cfg: Config) -> Config:
-    """A copy of `cfg` with every path-valued key (`rayapp.config.path_keys`) made absolute: Tune
-    runs each trial in its own folder, where a relative path would name something else."""
-    out = config_from_dict(config_to_dict(cfg))
-    for key, not_paths in path_keys().items():
-        section, name = key.split(".")
-        node = getattr(out, section)
-        setattr(node, name, absolute(getattr(node, name), not_paths))
-    return out
 
 
 def search_space(cfg: Config) -> dict[str, Any]:
