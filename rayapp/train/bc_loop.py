@@ -113,6 +113,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     cuda = device.type == "cuda"
     amp = cuda and p.amp
 
+    torch.manual_seed(cfg.run.seed * 1000 + rank)  # the initial weights follow run.seed (DDP copies rank 0's)
     model = build_model(spec)
     if config.get("input_mean") is not None:  # model.center: the training split's mean frame
         model.encoder.input_mean.copy_(torch.as_tensor(config["input_mean"]))
