@@ -10,7 +10,7 @@ from conftest import SMOKE
 from rayapp.config import load_config
 from rayapp.errors import ConfigError
 from rayapp.rl.finetune import finetune
-from rayapp.tune.sweep import absolute_paths, search_space, sweep
+from rayapp.tune.sweep import absolute_paths, best_result, search_space, sweep
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +252,34 @@ def never_serving_policy(folder: str) -> str:
             "actions": [["NOOP", "FIRE", "RIGHT", "LEFT"]], "frame_rate": 15.0}  # fmt: skip
     save_policy(folder, net, spec, frames, game, config_to_dict(cfg), {"stage": "pretrain"})
     return folder
+
+
+def test_the_best_finetune_trial_is_ranked_without_the_bc_point_every_trial_shares(ray_session, tmp_path):
+    """Every finetune trial first reports the BC policy it starts from (the same score in each).
+    Ranked over all points with it (Tune's get_best_result(scope="all"), what the sweep used),
+    trials that all fall below BC name an arbitrary one best at BC's score; ranked without it, the
+    trial whose own points are best wins. A real Tune run of trials reporting such curves."""
+    from ray import tune
+
+    curves = {"worse": [("bc", 50.0), ("offline", 10.0), ("online", 12.0)],
+              "better": [("bc", 50.0), ("offline", 20.0), ("online", 30.0)]}  # fmt: skip
+
+    def trial(config):
+        for step, (phase, score) in enumerate(curves[config["arm"]]):
+            tune.report({"charts/eval_score": score, "phase": phase, "env_steps": step})
+
+    results = tune.Tuner(
+        trial,
+        param_space={"arm": tune.grid_search(["worse", "better"])},
+        tune_config=tune.TuneConfig(metric="charts/eval_score", mode="max"),
+        run_config=tune.RunConfig(name="rank", storage_path=str(tmp_path), verbose=0),
+    ).fit()
+    shared = results.get_best_result(metric="charts/eval_score", mode="max", scope="all")
+    assert shared.metrics_dataframe["charts/eval_score"].max() == 50.0  # the old ranking: BC's score
+    best, value = best_result(results, "charts/eval_score", "max")
+    assert best.config["arm"] == "better" and value == 30.0
+    assert best_result(results, "charts/eval_score", "min")[1] == 10.0
+    assert best_result(results, "no/such_metric", "max") is None
 
 
 def test_dqn_sweep_reports_every_evaluation_asha_stops_the_weak_and_the_best_config_reruns(

@@ -33,7 +33,7 @@ from rayapp.errors import ConfigError, RayappError
 from rayapp.runtime import init_ray
 from rayapp.storage import resolve, write_bytes_atomic
 
-__all__ = ["SweepResult", "sweep", "search_space", "absolute_paths", "trial_resources"]
+__all__ = ["SweepResult", "sweep", "search_space", "absolute_paths", "trial_resources", "best_result"]
 
 
 def _domain(key: str, spec: Any):
@@ -123,6 +123,32 @@ def _eval_metrics(point: dict[str, Any]) -> dict[str, Any]:
         "updates": point["updates"],
         "phase": point["phase"],
     }
+
+
+SHARED_PHASES = ("bc",)  # a finetune trial's first point: the BC it starts from, the same in every trial
+
+
+def best_result(results, metric: str, mode: str) -> tuple[Any, float] | None:
+    """The best trial and value over every point each trial reported (as Tune's scope="all"), but
+    leaving out the points of `SHARED_PHASES`: a finetune trial first evaluates the BC policy
+    it starts from, which no hyperparameter of the trial produced; ranked with it, a sweep whose
+    trials all fall below BC names an arbitrary trial best at BC's score."""
+    import math
+
+    best: tuple[Any, float] | None = None
+    for r in results:
+        df = r.metrics_dataframe
+        if r.error is not None or df is None or metric not in df:
+            continue
+        if "phase" in df:
+            df = df[~df["phase"].isin(SHARED_PHASES)]
+        values = [float(v) for v in df[metric] if v is not None and math.isfinite(float(v))]
+        if not values:
+            continue
+        v = max(values) if mode == "max" else min(values)
+        if best is None or (v > best[1] if mode == "max" else v < best[1]):
+            best = (r, v)
+    return best
 
 
 def trial_resources(cfg: Config):
@@ -303,14 +329,12 @@ def sweep(cfg: Config) -> SweepResult:
                 "overrides": overrides,
             }
         )
-    try:
-        best = results.get_best_result(metric=metric, mode=sw.mode, scope="all", filter_nan_and_inf=True)
-    except RuntimeError:
-        best = None
-    if best is None or best.metrics is None or metric not in best.metrics:
+    chosen = best_result(results, metric, sw.mode)
+    if chosen is None:
         raise RayappError(
             f"no sweep trial reported {metric} ({len(out.errors)} failed: {'; '.join(out.errors)[:300]})"
         )
+    best, best_value = chosen
     tid = best.path.rstrip("/").rsplit("/", 1)[-1]
     trial_run = f"{runs_dir}/{tid}"
     from rayapp.models.checkpoint import resolve_checkpoint
@@ -323,7 +347,7 @@ def sweep(cfg: Config) -> SweepResult:
     out.best = {
         "trial_id": tid,
         "metric": metric,
-        "value": best.metrics[metric],
+        "value": best_value,
         "overrides": overrides,
         "checkpoint": ckpt,
         "run_dir": trial_run,
