@@ -16,6 +16,7 @@ an interrupted sweep (`Tuner.restore`); a trial that crashes is reported and the
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,8 +134,6 @@ def best_result(results, metric: str, mode: str) -> tuple[Any, float] | None:
     leaving out the points of `SHARED_PHASES`: a finetune trial first evaluates the BC policy
     it starts from, which no hyperparameter of the trial produced; ranked with it, a sweep whose
     trials all fall below BC names an arbitrary trial best at BC's score."""
-    import math
-
     best: tuple[Any, float] | None = None
     for r in results:
         df = r.metrics_dataframe
