@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipe = sub.add_parser(
         "pipeline", parents=[common], help="run the stages in order, skipping those already done"
     )
-    pipe.add_argument("--stages", nargs="+", default=None, help="only these stages")
+    pipe.add_argument("--stages", nargs="+", default=None, help="only these stages, space- or comma-separated (record pretrain or record,pretrain)")
     pipe.add_argument("--force", action="store_true", help="rerun stages whose output exists")
 
     arc = sub.add_parser(

@@ -79,7 +79,8 @@ STAGES: dict[str, tuple[Callable[[Config], None], Callable[[Config], bool] | Non
 
 
 def run_pipeline(cfg: Config, stages: Sequence[str] | None = None, force: bool = False) -> int:
-    names = list(stages or STAGES)
+    # `--stages record pretrain` or `--stages record,pretrain`
+    names = [n for s in (stages or STAGES) for n in s.split(",") if n]
     unknown = [s for s in names if s not in STAGES]
     if unknown:
         raise RayappError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
