@@ -263,3 +263,21 @@ def test_workers_that_leave_no_cpu_for_the_reads_fail_fast(bc_run, tmp_path):
     assert "lam.cpus_per_worker: 1 worker(s) x 2 CPUs leave 0 of this Ray's 2 CPUs" in done.stderr, done.stderr[-2000:]
     assert "lower lam.cpus_per_worker to 1.5 or less" in done.stderr
     assert not (tmp_path / "lam" / "latest.json").exists()
+
+
+def test_the_probe_holds_out_an_episode_whenever_there_are_two():
+    """The probe's split by episode: the old fixed hash threshold (< 0.8 trains) put all six of
+    these episodes in training, so the report had no test pairs (test_lam_label_writes_the_contract_
+    and_a_report failed whenever the smoke recording's ids fell that way, about one run in four)."""
+    from rayapp.train.lam_label import probe_hash
+    from rayapp.train.lam_report import probe_train_mask
+
+    ids = ["episode-001", "episode-002", "episode-004", "episode-005", "episode-006", "episode-007"]
+    pairs = np.repeat([probe_hash(e) for e in ids], 50)  # 50 pairs per episode
+    train = probe_train_mask(pairs)
+    held = {e for e, t in zip(np.repeat(ids, 50), train, strict=True) if not t}
+    assert len(held) == 1 and (~train).sum() == 50, "one whole episode held out, none split across"
+    assert np.array_equal(train, probe_train_mask(pairs[::-1])[::-1]), "the same split in any order"
+    many = np.array([probe_hash(f"ep-{i}") for i in range(100)])
+    assert (~probe_train_mask(many)).sum() == 20
+    assert probe_train_mask(np.repeat(probe_hash("only"), 9)).all(), "one episode: nothing to hold out"

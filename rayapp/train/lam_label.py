@@ -81,9 +81,10 @@ def labelled_info(src: DatasetInfo, spec, model_uri: str) -> DatasetInfo:
     )
 
 
-def _probe_split(episode: str) -> bool:
-    """True for the probe's training episodes (80%, by a hash of the episode id)."""
-    return int.from_bytes(hashlib.sha1(episode.encode()).digest()[:8], "little") / 2**64 < 0.8
+def probe_hash(episode: str) -> int:
+    """An episode's place in the probe's train/test split (31 bits of a hash of its id: the same
+    in every shard, so Ray Data's actors need not agree on anything; `probe_train_mask` splits)."""
+    return int.from_bytes(hashlib.sha1(episode.encode()).digest()[:4], "little") >> 1
 
 
 class ShardLabeller:
@@ -197,7 +198,7 @@ def _with_latent(t: pa.Table, codes: np.ndarray, n_codes: int, schema: pa.Schema
 
 
 class _Stats:
-    """What one shard contributes to the report: code usage, (codes, true action, probe split) per
+    """What one shard contributes to the report: code usage, (codes, true action, probe hash) per
     pair where the input has actions, and up to `per_code` example pairs (thumbnails) per code."""
 
     def __init__(self, codes: int, per_code: int, obs_spec):
@@ -212,7 +213,7 @@ class _Stats:
         self.pairs += int(valid.sum())
         self.usage += np.bincount(codes[valid].reshape(-1), minlength=len(self.usage))
         if acts is not None:
-            split = np.array([_probe_split(e) for e in t.column("episode_id").to_pylist()], np.int64)
+            split = np.array([probe_hash(e) for e in t.column("episode_id").to_pylist()], np.int64)
             self.probe.append(np.concatenate([codes, acts[:, None], split[:, None]], axis=1)[valid].astype(np.int32))
         keys = report_keys(codes, n_codes)
         for k, c in zip(*np.unique(keys[valid], return_counts=True)):
