@@ -62,6 +62,15 @@ def test_split_is_by_episode_stable_and_nonempty():
     assert sorted(tiny.values()) == ["test", "train", "val"]
 
 
+def test_one_or_two_episodes_always_train_on_one():
+    """Hashes that put every episode outside training (as a 2-episode Pong recording in
+    tests/test_bc.py drew once: "no training steps (splits: train 0, val 400)") leave the highest in it."""
+    assert split_of({"a": 0.15, "b": 0.18}, 0.1, 0.1) == {"a": "val", "b": "train"}
+    assert split_of({"a": 0.05, "b": 0.15}, 0.1, 0.1) == {"a": "test", "b": "train"}
+    assert split_of({"only": 0.02}, 0.1, 0.1) == {"only": "train"}
+    assert split_of({"a": 0.5, "b": 0.15}, 0.1, 0.1) == {"a": "train", "b": "val"}, "a split with training stays"
+
+
 def test_balance_factors():
     counts = np.array([700, 10, 140, 150])
     p = counts / counts.sum()
