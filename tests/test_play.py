@@ -177,12 +177,15 @@ def test_play_drives_the_arcade_and_takes_new_weights_mid_game_without_a_dropped
     rc = p.proc.wait(timeout=90)
     assert rc == 0, "\n".join(p.seen[-20:])
     summary = json.loads((tmp_path / "play" / "play" / "summary.json").read_text())
-    assert summary["steps"] == 150 and summary["episodes"] == 1 and summary["stopped_by"] == "play.episodes"
+    # the step cap ends the episode at 150, or the game does before it (a sampled policy that misses
+    # every ball loses its five lives in about 140 steps: seen once in a suite run)
+    n = summary["steps"]
+    assert 30 < n <= 150 and summary["episodes"] == 1 and summary["stopped_by"] == "play.episodes"
     reload = next(e for e in p.events() if e["event"] == "reload")
     assert reload["checkpoint"] == newer
     # seen within one poll interval (0.5 s) of the write, plus the load itself
     assert reload["time"] - written <= 0.5 + reload["load_s"] + 0.5, (reload, written)
-    assert 30 <= reload["step"] < 150
+    assert 30 <= reload["step"] < n
     assert summary["reloads"] == [reload["step"]]
     # no step skipped at the swap: the steps around it met their frame boundaries, and the
     # recording's frame numbers run on one by one there (elsewhere a loaded 2-core machine may
@@ -190,11 +193,13 @@ def test_play_drives_the_arcade_and_takes_new_weights_mid_game_without_a_dropped
     k = reload["step"]
     assert not [s for s in summary["dropped_at_steps"] if k - 1 <= s <= k + 2], summary["dropped_at_steps"]
     assert summary["dropped_frames"] <= 2, summary["dropped_at_steps"]
-    table = read_all(str(tmp_path / "played"), ["frame", "action", "truncated"])
+    table = read_all(str(tmp_path / "played"), ["frame", "action", "truncated", "terminated"])
     frames = np.asarray(table["frame"].to_pylist())
-    assert len(frames) == 150 and (np.diff(frames[k - 5 : k + 5]) == 1).all(), frames
-    assert table["truncated"].to_pylist()[-1] is True  # the episode's step cap ended it: said so
-    assert summary["record"]["steps_written"] == 150 and summary["record"]["error"] is None
+    assert len(frames) == n and (np.diff(frames[k - 5 : k + 5]) == 1).all(), frames
+    # what ended the episode is said: the step cap (truncated) or game over (terminated)
+    ended = "truncated" if n == 150 else "terminated"
+    assert table[ended].to_pylist()[-1] is True, (n, ended)
+    assert summary["record"]["steps_written"] == n and summary["record"]["error"] is None
     assert held_keys(display) == []
 
 
