@@ -210,3 +210,71 @@ def test_rare_demonstrated_actions_get_their_priorities_raised():
     off.sample(num_items=200, n_step=1, demos_only=True)
     off.update_priorities(np.zeros(200))
     assert np.allclose(off.demos.tree.get(np.arange(30)), 1.0)
+
+
+def with_lives(frags: list[SingleAgentEpisode], lost_at: set[int]) -> list[SingleAgentEpisode]:
+    """The same fragments with the env's `lives` info: the transition out of step t in `lost_at`
+    loses a life (infos line up with observations, as RLlib's episodes keep them)."""
+    out = []
+    for e in frags:
+        t0 = e.t_started
+        lives = [5 - sum(1 for s in lost_at if s < t) for t in range(t0, t0 + len(e) + 1)]
+        out.append(SingleAgentEpisode(
+            id_=e.id_, observations=e.get_observations(), actions=e.get_actions(), rewards=e.get_rewards(),
+            infos=[{"lives": v} for v in lives], terminated=e.is_terminated, t_started=t0, len_lookback_buffer=0,
+        ))  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_a_lost_life_ends_the_td_targets_through_it_online_and_in_demonstrations(on):
+    """`finetune.life_loss_terminal`: no n-step return or 1-step target bootstraps past a lost life
+    (online from the env's `lives` info, across fragment boundaries; in demonstrations from their
+    `lives` column); the episode goes on for stacking. Off, lives change nothing."""
+    from rayapp.rl.offline import lives_lost_in
+
+    lost = {4, 5, 9}  # 5 is also a fragment's last transition
+    buf = buffer(demo_ratio=0.5, life_loss_terminal=on)
+    for e in with_lives(fragments(1, 15, [6], False), lost):
+        buf.add([e])
+    demo_lives = [5 - sum(1 for s in lost if s <= t) for t in range(15)]  # after each row's step
+    demo_cuts = lives_lost_in(demo_lives)
+    assert [t for t in range(15) if demo_cuts[t]] == sorted(lost)
+    buf.add_demo(np.stack([frames_of(1, t) for t in range(16)]), np.arange(15) % 3, np.arange(15, dtype=float),
+                 terminated=True, life_end=demo_cuts)  # fmt: skip
+    gamma, n = 0.9, 3
+    for demos_only in (False, True):
+        rows = buf.sample(num_items=600, n_step=n, gamma=gamma, demos_only=demos_only)
+        kinds = {r.get_extra_model_outputs("is_demo", 0) for r in rows}
+        assert kinds == ({1.0} if demos_only else {0.0, 1.0})
+        for r in rows:
+            demo = r.get_extra_model_outputs("is_demo", 0) == 1.0
+            obs = r.get_observations(0)
+            t = next(t for t in range(16) if np.array_equal(obs, stacked(1, t)))
+            m = r.get_extra_model_outputs("n_step", 0)
+            cut = next((s for s in sorted(lost) if t <= s < t + n), None) if on else None
+            want = min(n, 15 - t) if cut is None else cut - t + 1
+            assert m == want, (t, demo)
+            assert r.get_rewards(0) == pytest.approx(sum(gamma**i * (t + i) for i in range(m)))
+            assert r.is_terminated == (cut is not None or (demo and t + m == 15))
+            assert r.get_extra_model_outputs("terminated_1", 0) == ((on and t in lost) or (demo and t + 1 == 15))
+            assert np.array_equal(r.get_observations(1), stacked(1, t + m))  # the episode's own frames
+
+
+def test_life_flags_survive_the_buffer_state_and_lives_without_values_cut_nothing():
+    from rayapp.rl.buffer import lives_lost
+    from rayapp.rl.offline import lives_lost_in
+
+    buf = buffer(demo_ratio=0.0, life_loss_terminal=True)
+    for e in with_lives(fragments(1, 12, [], True), {3}):
+        buf.add([e])
+    again = buffer(demo_ratio=0.0, life_loss_terminal=True)
+    again.set_state(buf.get_state())
+    assert np.array_equal(again.online.life_end, buf.online.life_end) and buf.online.life_end.sum() == 1
+    old = buf.get_state()
+    del old["online"]["life_end"]  # a checkpoint from before the flags
+    again.set_state(old)
+    assert again.online.life_end.sum() == 0
+    assert lives_lost([{"lives": 3}, {}]) is None and lives_lost([{"lives": 0}] * 4).tolist() == [False] * 3
+    assert lives_lost_in(None) is None and lives_lost_in([5, None, 4]) is None
+    assert lives_lost_in(np.array([5.0, np.nan])) is None

@@ -28,7 +28,7 @@ def algo_with_demos(cfg):
     algo = build_algorithm(cfg, spec, pol.frames)
     load_into(algo, pol.state_dict)
     for e in demo_episodes(cfg.data_uri, pol.frames):
-        algo.add_demo(e.frames, e.actions, e.rewards, e.terminated)
+        algo.add_demo(e.frames, e.actions, e.rewards, e.terminated, e.life_lost)
     return algo, spec
 
 
@@ -124,6 +124,43 @@ def test_the_loss_is_dqfd_s_whole_objective(bc_run):
         assert got["total_loss"] == pytest.approx(want, rel=1e-4)
     finally:
         algo.stop()
+
+
+def test_life_loss_terminals_come_from_real_breakout_lives_online_and_in_the_recording(bc_run):
+    """`finetune.life_loss_terminal` on real Breakout: every lost life of the recording (its
+    `lives` column) and of RLlib's own rollouts (the env's `lives` info, through the env runner's
+    episodes) is a cut for the TD targets; off, no transition is cut."""
+    from rayapp.replay.reader import ReplayDataset
+
+    lost_in_recording = sum(
+        int(np.count_nonzero(np.diff(ep.extras["lives"].astype(np.int64)) < 0))
+        for ep in ReplayDataset(f"{bc_run}/replays").iter_episodes(decode=False, extras=["lives"])
+        if ep.episode_id in {e for e, s in _train_split(bc_run).items() if s == "train"}
+    )
+    for on in (True, False):
+        # random play (epsilon 1) loses lives fast; online rows stay out of updates (learning_starts)
+        cfg = cfg_for(bc_run, f"finetune.life_loss_terminal={str(on).lower()}", "finetune.epsilon=1.0",
+                      "finetune.learning_starts=100000", "finetune.steps_per_iteration=600")  # fmt: skip
+        algo, _ = algo_with_demos(cfg)
+        try:
+            algo.train()
+            buf = algo.local_replay_buffer
+            assert buf.online.transitions >= 600
+            online_cuts, demo_cuts = int(buf.online.life_end.sum()), int(buf.demos.life_end.sum())
+        finally:
+            algo.stop()
+        if on:
+            assert lost_in_recording > 0 and demo_cuts == lost_in_recording
+            assert online_cuts >= 3  # random Breakout loses its 5 lives in about 180 steps
+        else:
+            assert online_cuts == demo_cuts == 0
+
+
+def _train_split(run) -> dict:
+    from rayapp.data.index import DatasetIndex
+    from rayapp.replay.reader import ReplayDataset
+
+    return DatasetIndex.build(ReplayDataset(f"{run}/replays"), "action", 0.1, 0.1, 0, 0).episode_split
 
 
 def test_the_paper_s_weights_are_the_documented_defaults():

@@ -242,6 +242,11 @@ class FinetuneConfig:
         6.25e-5, "Adam learning rate (Rainbow's and DQfD's; 1e-4 erodes the BC policy faster offline)"
     )
     gamma: float = opt(0.99, "discount per step")
+    life_loss_terminal: bool = opt(
+        False,
+        "TD targets do not bootstrap past a lost life (the env's `lives` info; in demonstrations the `lives` column), "
+        "as a game over: DQN's training-time 'terminal on life loss' (Mnih et al. 2015); episodes and scores are unchanged",
+    )
     n_step: int = opt(
         3, "n of the n-step TD loss (cut at episode ends; the paper: 10, Rainbow: 3); the 1-step loss is always there"
     )

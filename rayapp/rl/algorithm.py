@@ -40,9 +40,10 @@ class DQfD(DQN):
         return self.local_replay_buffer
 
     # ---- demonstrations --------------------------------------------------------------------------
-    def add_demo(self, frames: np.ndarray, actions, rewards, terminated: bool) -> int:
-        """One demonstration (single preprocessed frames, T+1 of them); returns its transitions."""
-        return self.buffer.add_demo(frames, actions, rewards, terminated)
+    def add_demo(self, frames: np.ndarray, actions, rewards, terminated: bool, life_end=None) -> int:
+        """One demonstration (single preprocessed frames, T+1 of them; `life_end`: its transitions
+        that lose a life); returns its transitions."""
+        return self.buffer.add_demo(frames, actions, rewards, terminated, life_end)
 
     @property
     def demo_steps(self) -> int:

@@ -10,6 +10,11 @@ in, batches are all demonstrations. Importance-sampling weights are (N P(i))^-be
 part, divided by the batch's largest. Demonstrations are never evicted: those that do not fit in
 `demo_capacity` steps are refused with `BufferFull`.
 
+With `life_loss_terminal`, a transition that loses a life (the env's `lives` info falls; in a
+demonstration, its `lives` column) ends the TD targets through it, as a game over does: on
+Breakout a lost life otherwise costs almost nothing within the discount's horizon (the game goes
+on with the same bricks), so TD has no reason to keep the ball in play.
+
 A sampled row is a one-step `SingleAgentEpisode`, as RLlib's prioritized buffer returns them:
 observations [s_t, s_t+m] with the m-step return (m <= n_step, cut at the episode's end), plus the
 one-step transition in `extra_model_outputs` (`reward_1`, `next_obs_1`, `terminated_1`) for DQfD's
@@ -30,7 +35,17 @@ from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import Prioritize
 
 from rayapp.rl.framestore import BufferFull, FrameStore
 
-__all__ = ["BufferFull", "DemoMixEpisodeReplayBuffer"]
+__all__ = ["BufferFull", "DemoMixEpisodeReplayBuffer", "lives_lost"]
+
+
+def lives_lost(infos) -> np.ndarray | None:
+    """The transitions between consecutive infos whose `lives` falls (len(infos) - 1 bools);
+    None when the infos carry no lives (a screen game whose reward source reads none)."""
+    lives = [i.get("lives") if isinstance(i, dict) else None for i in infos]
+    if len(lives) < 2 or any(v is None for v in lives):
+        return None
+    v = np.asarray(lives, np.float64)
+    return v[1:] < v[:-1]
 
 
 class DemoMixEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
@@ -45,6 +60,7 @@ class DemoMixEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         demo_priority_eps: float = 1.0,
         demo_action_balance: float = 0.0,
         online_learning_starts: int = 0,
+        life_loss_terminal: bool = False,
         frame_channels: int = 1,
         frame_stack: int = 4,
         seed: int = 0,
@@ -60,6 +76,7 @@ class DemoMixEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self._demo_counts = np.zeros(0, np.int64)
         self._demo_weight: np.ndarray | None = None
         self.online_learning_starts = int(online_learning_starts)
+        self.life_loss_terminal = bool(life_loss_terminal)
         self.c, self.k = int(frame_channels), int(frame_stack)
         self.rng = np.random.default_rng([seed, 7])
         self._last: list[tuple[FrameStore, np.ndarray]] = []
@@ -83,15 +100,18 @@ class DemoMixEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
                 continue
             frames = np.stack([np.asarray(o).reshape(self.k, self.c, *np.shape(o)[1:])[-1] for o in obs])
             history = self._split(obs[0])[0] if e.t_started > 0 else None
+            life_end = lives_lost(e.get_infos()) if self.life_loss_terminal else None
             self.added_steps += self.online.extend(
                 e.id_, frames, np.asarray(e.get_actions()), np.asarray(e.get_rewards()),
-                terminated=e.is_terminated, done=e.is_done, history=history,
+                terminated=e.is_terminated, done=e.is_done, history=history, life_end=life_end,
             )  # fmt: skip
 
-    def add_demo(self, frames: np.ndarray, actions, rewards, terminated: bool) -> int:
-        """One whole demonstration: `frames` (T+1, c, h, w) single preprocessed frames."""
+    def add_demo(self, frames: np.ndarray, actions, rewards, terminated: bool, life_end=None) -> int:
+        """One whole demonstration: `frames` (T+1, c, h, w) single preprocessed frames;
+        `life_end` (T bools): its transitions that lose a life (used with `life_loss_terminal`)."""
         key = ("demo", self.demos.written)
-        n = self.demos.extend(key, frames, actions, rewards, terminated=terminated, done=True)
+        cuts = life_end if self.life_loss_terminal else None
+        n = self.demos.extend(key, frames, actions, rewards, terminated=terminated, done=True, life_end=cuts)
         counts = np.bincount(np.asarray(actions, np.int64), minlength=len(self._demo_counts))
         self._demo_counts = np.pad(self._demo_counts, (0, len(counts) - len(self._demo_counts))) + counts
         self._demo_weight = self.action_weights(self._demo_counts, self.demo_action_balance)
@@ -139,7 +159,7 @@ class DemoMixEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             ret = store.returns(g, n_step, gamma)
             g1 = store.next[g % store.capacity]
             obs, obs_n, obs_1 = store.stack(g, self.k), store.stack(ret["end"], self.k), store.stack(g1, self.k)
-            term_1 = store.terminal[g1 % store.capacity]
+            term_1 = store.terminal[g1 % store.capacity] | store.life_end[g % store.capacity]
             for i in range(len(g)):
                 out.append(SingleAgentEpisode(
                     observations=[obs[i], obs_n[i]],

@@ -131,6 +131,7 @@ def dqn_config(cfg: Config, spec: ModelSpec, frames: FrameSpec, seed: int | None
                 "demo_priority_eps": f.demo_priority_eps,
                 "demo_action_balance": f.demo_action_balance,
                 "online_learning_starts": f.learning_starts,
+                "life_loss_terminal": f.life_loss_terminal,
                 "frame_channels": spec.input_shape[0] // frames.frame_stack,
                 "frame_stack": frames.frame_stack,
                 "seed": cfg.run.seed if seed is None else seed,

@@ -205,6 +205,8 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
             spec.lstm_hidden,
         )
         check_compatible(data_spec, info.game, spec, game["game"], "the fine-tuned network", cfg.data_uri)
+        if f.life_loss_terminal and "lives" not in info.extras:
+            raise RayappError(f"finetune.life_loss_terminal needs the demonstrations' lives: {cfg.data_uri} has no 'lives' column")
         d = cfg.data
         demos = demo_episodes(cfg.data_uri, frames, "train", f.clip_rewards, d.split_seed, d.val_fraction,
                               d.test_fraction, d.max_corrupt_shards, stats=demo_stats)  # fmt: skip
@@ -389,7 +391,7 @@ def add_demos(algo, first, rest, cfg: Config, stats: DemoStats) -> None:
     bar = Progress(None, "finetune demonstrations", unit="steps", log_every=15)
     try:
         for ep in itertools.chain([first], rest):
-            bar.update(algo.add_demo(ep.frames, ep.actions, ep.rewards, ep.terminated))
+            bar.update(algo.add_demo(ep.frames, ep.actions, ep.rewards, ep.terminated, ep.life_lost))
     except BufferFull as e:
         raise RayappError(
             f"the demonstrations in {cfg.data_uri} do not fit in finetune.demo_capacity={cfg.finetune.demo_capacity:,} "

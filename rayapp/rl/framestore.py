@@ -11,7 +11,10 @@ n-step return by walking forward, stopping at the episode's end:
 - a terminal observation (game over) ends the return there with no bootstrap: the last n-1 steps
   of every episode, the game-over step included, are learned from, with a shorter return;
 - where the data ends without a game over (a time limit, or an episode still being played), the
-  return bootstraps from the last observation there is, after m < n steps.
+  return bootstraps from the last observation there is, after m < n steps;
+- a transition marked `life_end` (a life lost, with `finetune.life_loss_terminal`) ends the return
+  after its reward with no bootstrap, as a game over would, while the episode goes on for stacking
+  and for the transitions after it (DQN's "terminal on life loss", Mnih et al. 2015).
 
 Priorities live in a `SumTree` over the slots; a slot is drawn in proportion to
 (|TD error| + eps)^alpha, new transitions at the highest priority seen so far. Online data is a
@@ -46,6 +49,7 @@ class FrameStore:
         self.prev = np.full(capacity, -1, np.int64)  # global index of the episode's previous observation
         self.next = np.full(capacity, -1, np.int64)  # ... of its next one (-1: none, yet or ever)
         self.terminal = np.zeros(capacity, bool)  # a game-over observation
+        self.life_end = np.zeros(capacity, bool)  # the transition from this observation loses a life
         self.gidx = np.full(capacity, -1, np.int64)  # the global index a slot holds now
         self.tree = SumTree(capacity)
         self.written = 0  # observations ever written (the next global index)
@@ -84,6 +88,7 @@ class FrameStore:
         self.prev[slots] = -1
         self.next[slots] = -1
         self.terminal[slots] = False
+        self.life_end[slots] = False
         self.written += n
         return g
 
@@ -96,16 +101,20 @@ class FrameStore:
         terminated: bool = False,
         done: bool = True,
         history: np.ndarray | None = None,
+        life_end: np.ndarray | None = None,
     ) -> int:
         """Append observations `frames` (n, c, h, w) of episode `key` and the n-1 (or, continuing
         an open episode whose newest observation is `frames[0]`, n-1 as well) actions/rewards
         between them. `history`: frames before `frames[0]` (a fragment whose start was never seen),
         kept for stacking only. `done` closes the episode; `terminated` marks its end game over.
-        Returns the number of new transitions."""
+        `life_end` (n-1 bools, optional): the transitions that lose a life. Returns the number of
+        new transitions."""
         actions = np.asarray(actions, np.int64)
         rewards = np.asarray(rewards, np.float32)
         if len(actions) != len(frames) - 1 or len(rewards) != len(actions):
             raise RayappError(f"{len(frames)} observations need {len(frames) - 1} actions and rewards")
+        if life_end is not None and len(life_end) != len(actions):
+            raise RayappError(f"{len(actions)} transitions need {len(actions)} life-end flags, got {len(life_end)}")
         last = self.open.pop(key, None)
         if last is not None and self._valid(np.array([last]))[0]:
             chain = np.concatenate([[last], self._write_frames(frames[1:])])
@@ -122,6 +131,8 @@ class FrameStore:
         self.next[s[:-1]] = chain[1:]
         self.action[s[:-1]] = actions
         self.reward[s[:-1]] = rewards
+        if life_end is not None:
+            self.life_end[s[:-1]] = np.asarray(life_end, bool)
         self.terminal[s[-1]] = bool(terminated and done)
         self.tree.set(s[:-1], self.max_priority**self.alpha)
         self.transitions += len(actions)
@@ -141,22 +152,24 @@ class FrameStore:
         return out.reshape(len(g), -1, *out.shape[3:])
 
     def returns(self, g: np.ndarray, n: int, gamma: float) -> dict[str, np.ndarray]:
-        """n-step discounted returns from g, cut at the episode's end: (return, steps, end index,
-        end is game over)."""
+        """n-step discounted returns from g, cut at the episode's end or a lost life: (return,
+        steps, end index, no bootstrap from the end)."""
         ret = np.zeros(len(g), np.float64)
         steps = np.zeros(len(g), np.int64)
         cur = g.copy()
         stopped = np.zeros(len(g), bool)
+        cut = np.zeros(len(g), bool)
         for i in range(n):
             s = cur % self.capacity
             nxt = self.next[s]
             go = ~stopped & (nxt >= 0)
             ret += np.where(go, gamma**i * self.reward[s], 0.0)
+            cut |= go & self.life_end[s]
             cur = np.where(go, nxt, cur)
             steps += go
             s = cur % self.capacity
-            stopped |= self.terminal[s] | (self.next[s] < 0)
-        return {"return": ret, "steps": steps, "end": cur, "terminal": self.terminal[cur % self.capacity]}
+            stopped |= self.terminal[s] | (self.next[s] < 0) | cut
+        return {"return": ret, "steps": steps, "end": cur, "terminal": self.terminal[cur % self.capacity] | cut}
 
     def sample(self, n: int, rng: np.random.Generator, beta: float) -> tuple[np.ndarray, np.ndarray]:
         """n global indices drawn by priority, and their importance-sampling weights (N P(i))^-beta
@@ -181,7 +194,7 @@ class FrameStore:
     # ---- size and state --------------------------------------------------------------------------
     @property
     def nbytes(self) -> int:
-        arrays = (self.action, self.reward, self.prev, self.next, self.terminal, self.gidx, self.tree.tree)
+        arrays = (self.action, self.reward, self.prev, self.next, self.terminal, self.life_end, self.gidx, self.tree.tree)
         return (0 if self.frames is None else self.frames.nbytes) + sum(a.nbytes for a in arrays)
 
     def fingerprint(self) -> list[int]:
@@ -200,7 +213,7 @@ class FrameStore:
             state.update(
                 written=self.written, transitions=self.transitions, open=dict(self.open),
                 frames=None if self.frames is None else self.frames[:used].copy(),
-                **{k: getattr(self, k)[:used].copy() for k in ("action", "reward", "prev", "next", "terminal", "gidx")},
+                **{k: getattr(self, k)[:used].copy() for k in ("action", "reward", "prev", "next", "terminal", "life_end", "gidx")},
             )  # fmt: skip
         return state
 
@@ -214,6 +227,8 @@ class FrameStore:
                 self.frames[:used] = state["frames"]
             for k in ("action", "reward", "prev", "next", "terminal", "gidx"):
                 getattr(self, k)[:used] = state[k]
+            # checkpoints from before life-loss terminals have no flags: no lives were lost in them
+            self.life_end[:used] = state["life_end"] if "life_end" in state else False
             self.written, self.transitions = int(state["written"]), int(state["transitions"])
             self.open = dict(state["open"])
         elif list(state["fingerprint"]) != self.fingerprint():

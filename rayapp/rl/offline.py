@@ -20,7 +20,7 @@ from rayapp.errors import RayappError
 from rayapp.frames import FrameSpec, Preprocessor
 from rayapp.replay.reader import ReplayDataset
 
-__all__ = ["DemoEpisode", "DemoStats", "demo_episodes"]
+__all__ = ["DemoEpisode", "DemoStats", "demo_episodes", "lives_lost_in"]
 
 
 @dataclass
@@ -38,6 +38,21 @@ class DemoEpisode:
     actions: np.ndarray  # (T,)
     rewards: np.ndarray  # (T,) float32, clipped if asked
     terminated: bool  # the last observation is game over
+    life_lost: np.ndarray | None = None  # (T,) bool: the transitions that lose a life (from `lives`)
+
+
+def lives_lost_in(lives) -> np.ndarray | None:
+    """Row t's action lost a life: the `lives` column (lives after each row's step) falls at t;
+    None without the column or with gaps in it."""
+    if lives is None:
+        return None
+    v = np.asarray(lives, dtype=object)
+    if len(v) == 0 or any(x is None for x in v):
+        return None
+    v = v.astype(np.float64)
+    if np.isnan(v).any():
+        return None
+    return np.concatenate([[False], v[1:] < v[:-1]])
 
 
 def demo_episodes(
@@ -76,6 +91,7 @@ def demo_episodes(
             rewards = np.sign(rewards)
         obs = pre(ep.obs)
         terminated = bool(ep.terminated[-1])
+        lost = lives_lost_in(ep.extras.get("lives"))
         if terminated:  # the game-over frame itself is not recorded: the last one stands in for it
             observations = np.concatenate([obs, obs[-1:]])
             actions, rew = ep.actions, rewards
@@ -83,8 +99,9 @@ def demo_episodes(
             if ep.length < 2:
                 continue
             observations, actions, rew = obs, ep.actions[:-1], rewards[:-1]
+            lost = None if lost is None else lost[:-1]
         n = len(actions)
-        yield DemoEpisode(observations, np.asarray(actions, np.int64), np.asarray(rew, np.float32), terminated)
+        yield DemoEpisode(observations, np.asarray(actions, np.int64), np.asarray(rew, np.float32), terminated, lost)
         st.episodes += 1
         st.transitions += n
         if max_steps and st.transitions >= max_steps:
