@@ -229,3 +229,43 @@ def test_demonstrations_that_do_not_fit_are_refused_with_the_key_to_raise(bc_run
     cfg = cfg_for(run, "finetune.demo_capacity=100", "finetune.online_steps=0")
     with pytest.raises(RayappError, match=r"finetune\.demo_capacity=100"):
         finetune(cfg)
+
+
+def test_q_values_start_on_the_returns_scale_with_bc_s_greedy_actions(bc_run):
+    """`finetune.init_action_gap` / `init_value_from_returns` on real Breakout demonstrations: the
+    Q-network acts exactly as BC did, its mean top-two action gap is the asked one (BC's logits
+    are far wider), and its value starts at the demonstrations' mean discounted return."""
+    from rayapp.rl.init_q import calibrated_bc_state, discounted_returns, top_two_gap
+
+    cfg = cfg_for(bc_run, "finetune.init_action_gap=0.8", "finetune.init_value_from_returns=true")
+    pol = init_policy(cfg)
+    spec = q_spec(cfg, pol.spec)
+    algo = build_algorithm(cfg, spec, pol.frames)
+    try:
+        demos = list(demo_episodes(cfg.data_uri, pol.frames))
+        for e in demos:
+            algo.add_demo(e.frames, e.actions, e.rewards, e.terminated, e.life_lost)
+        state, report = calibrated_bc_state(algo, pol, cfg.finetune, 4)
+        load_into(algo, state)
+        q_net, _ = nets(algo, spec)
+        bc = build_model(pol.spec)
+        bc.load_state_dict(pol.state_dict)
+        obs = torch.as_tensor(np.concatenate([_stacked(e)[::7] for e in demos]))
+        with torch.no_grad():
+            logits, q = bc.eval()(obs)[0].numpy(), q_net(obs)[0].numpy()
+    finally:
+        algo.stop()
+    assert np.array_equal(logits.argmax(1), q.argmax(1))  # the greedy policy is BC's
+    assert top_two_gap(logits) > 2.0 and report["bc_action_gap"] > 2.0  # BC's scale: far above the margin
+    assert top_two_gap(q) == pytest.approx(0.8, rel=0.25)
+    want = np.mean(np.concatenate([discounted_returns(e.rewards, cfg.finetune.gamma) for e in demos]))
+    assert want > 0.1 and report["value_bias"] == pytest.approx(want, rel=0.25)
+    assert q.mean(1) == pytest.approx(np.full(len(q), report["value_bias"]), abs=1e-4)  # V = the bias; A centred
+
+
+def _stacked(e, k: int = 4) -> np.ndarray:
+    from rayapp.data.samples import stack_indices
+
+    t = len(e.frames) - 1
+    idx = stack_indices(np.zeros(t, np.int64), np.arange(t), k)
+    return e.frames[idx].reshape(t, -1, *e.frames.shape[2:])

@@ -230,6 +230,14 @@ class FinetuneConfig:
         "BC policy's action ranking through the offline phase better (measured: benchmarks/RESULTS.md)",
     )
     margin: float = opt(0.8, "DQfD margin between the demonstrated action's Q-value and the others' (the paper: 0.8)")
+    init_action_gap: float = opt(
+        0.0,
+        "scale BC's action head so its mean gap between the two best actions on demonstrations is this (the margin, 0.8, "
+        "is natural; BC's logits gap ~8 on Breakout); the greedy policy is unchanged (0: BC's logits as they are)",
+    )
+    init_value_from_returns: bool = opt(
+        False, "the Q-network's value starts at the demonstrations' mean discounted return (BC's logits start it at 0)"
+    )
     n_step_weight: float = opt(1.0, "lambda1, weight of the n-step TD loss beside the 1-step one (the paper: 1)")
     l2_weight: float = opt(1e-5, "lambda3, weight of the L2 penalty on the Q-network's weights (the paper: 1e-5)")
     margin_only: bool = opt(False, "train on demonstrations without rewards: margin loss only, no TD loss")

@@ -44,6 +44,7 @@ from rayapp.progress import Progress
 from rayapp.replay.reader import ReplayDataset
 from rayapp.rl import checkpoints as ckpt
 from rayapp.rl.dqn_config import build_algorithm, eval_tasks, runner_resources, uses_demos
+from rayapp.rl.init_q import calibrated_bc_state
 from rayapp.rl.offline import DemoStats, demo_episodes
 from rayapp.rl.runners import RunnerWatch
 from rayapp.rl.selection import BestPolicy
@@ -225,8 +226,14 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
             raise
     rllib_dir = ckpt.checkpoint_root(cfg.run.dir)
     resumed = ckpt.restore_latest(algo, rllib_dir)
+    calibration: dict[str, Any] = {}
     if not resumed and pol is not None:
-        load_into(algo, pol.state_dict)
+        state = pol.state_dict
+        if algo.demo_steps and (f.init_action_gap > 0 or f.init_value_from_returns):
+            state, calibration = calibrated_bc_state(algo, pol, f, frames.frame_stack, seed=cfg.run.seed)
+            print(f"finetune: Q-values calibrated on {calibration['states']:,} demonstration states: BC's action gap "
+                  f"{calibration['bc_action_gap']:.2f} x {calibration['head_scale']:.3f}, value {calibration['value_bias']:.2f}", flush=True)  # fmt: skip
+        load_into(algo, state)
     saved_at = resumed.env_steps if resumed else None
     logger = MetricsLogger(folder.uri, resume_step=saved_at)
     result = FinetuneResult(
@@ -236,6 +243,7 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
             "episodes": demo_stats.episodes,
             "transitions": demo_stats.transitions,
             "score_mean": float(np.mean(demo_stats.score)) if demo_stats.score else None,
+            **({"calibration": calibration} if calibration else {}),
         },
     )
     curve_file = folder.join("curve.json")
