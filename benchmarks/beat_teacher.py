@@ -87,6 +87,10 @@ def compare(game: str, arms: dict) -> dict:
 
 
 # ---- runs ------------------------------------------------------------------------------------
+# finetune keys added after results were recorded, with the value that behaves as before they existed
+ADDED_LATER = {"life_loss_terminal": False, "init_action_gap": 0.0, "init_value_from_returns": False}
+
+
 def config_tag(cfg) -> str:
     """What makes two runs comparable: env, data, record, pretrain and finetune values."""
     from rayapp.config import config_to_dict
@@ -95,6 +99,9 @@ def config_tag(cfg) -> str:
     keep = {k: d[k] for k in ("env", "record", "data", "pretrain", "finetune")}
     keep["finetune"].pop("init_checkpoint", None)
     keep["data"].pop("uri", None)
+    for key, default in ADDED_LATER.items():  # at their defaults they change nothing: older files still count
+        if keep["finetune"].get(key) == default:
+            keep["finetune"].pop(key)
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

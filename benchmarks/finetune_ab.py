@@ -272,6 +272,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--episodes", type=int, default=30, help="evaluation episodes per policy")
     ap.add_argument("--arms", default="old,new", help="old, new and variant (new with --variant-set)")
+    ap.add_argument(
+        "--variant-rev", default=None, help="the revision of arm variant (default: --new), for a setting newer than arm new's runs"
+    )
     ap.add_argument("--set", action="append", default=[], help="extra --set for arm new")
     ap.add_argument(
         "--variant-set", action="append", default=[], help="--set of arm variant (one-at-a-time runs)"
@@ -323,7 +326,7 @@ def main() -> None:
 
     new, old = rev(a.new), rev(a.baseline)
     arms = {"old": {"rev": old, "sets": []}, "new": {"rev": new, "sets": a.set},
-            "variant": {"rev": new, "sets": a.set + a.variant_set}}  # fmt: skip
+            "variant": {"rev": rev(a.variant_rev) if a.variant_rev else new, "sets": a.set + a.variant_set}}  # fmt: skip
     arms = {k: arms[k] for k in a.arms.split(",")}
     bc_policy = resolve_checkpoint(a.bc_run, stages=("pretrain",))
     bc = bc_fingerprint(bc_policy)
