@@ -371,3 +371,24 @@ def test_best_policy_is_chosen_on_selection_seeds_and_the_report_says_when_bc_wo
     lo, hi = sorted(m["chosen_on"]["seeds"])
     assert f"**BC (no fine-tuned policy beat it)**: `{best['checkpoint']}` (phase bc, env step 0)" in report
     assert f"over 2 episodes, selection seeds {lo}-{hi}" in report
+
+
+def test_life_loss_terminals_need_the_recordings_lives(bc_run, tmp_path):
+    """A dataset recorded without a `lives` column and `finetune.life_loss_terminal=true`: refused
+    before any Ray work, naming the key and the dataset."""
+    import json
+    import shutil
+
+    data = tmp_path / "replays"
+    shutil.copytree(os.path.join(bc_run, "replays"), data)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["extras"] = [x for x in meta["extras"] if x != "lives"]
+    (data / "dataset.json").write_text(json.dumps(meta))
+    for name in os.listdir(data / "shards"):
+        t = pq.read_table(data / "shards" / name)
+        pq.write_table(t.drop_columns(["lives"]), data / "shards" / name, compression="zstd")
+    cfg = cfg_for(tmp_path / "run", f"finetune.init_checkpoint={bc_run}", f"data.uri={data}",
+                  "finetune.life_loss_terminal=true", "finetune.offline_updates=5", "finetune.online_steps=0")  # fmt: skip
+    with pytest.raises(RayappError, match=r"life_loss_terminal needs .*replays has no 'lives' column"):
+        finetune(cfg)
+    assert not (tmp_path / "run" / "finetune" / "rllib").exists()
