@@ -12,8 +12,8 @@ part, divided by the batch's largest. Demonstrations are never evicted: those th
 
 With `life_loss_terminal`, a transition that loses a life (the env's `lives` info falls; in a
 demonstration, its `lives` column) ends the TD targets through it, as a game over does: on
-Breakout a lost life otherwise costs almost nothing within the discount's horizon (the game goes
-on with the same bricks), so TD has no reason to keep the ball in play.
+Breakout a lost life otherwise costs TD only the pause before the next serve (the game goes on
+with the same bricks), except on the last life.
 
 A sampled row is a one-step `SingleAgentEpisode`, as RLlib's prioritized buffer returns them:
 observations [s_t, s_t+m] with the m-step return (m <= n_step, cut at the episode's end), plus the
