@@ -262,7 +262,8 @@ def test_the_best_finetune_trial_is_ranked_without_the_bc_point_every_trial_shar
     from ray import tune
 
     curves = {"worse": [("bc", 50.0), ("offline", 10.0), ("online", 12.0)],
-              "better": [("bc", 50.0), ("offline", 20.0), ("online", 30.0)]}  # fmt: skip
+              "better": [("bc", 50.0), ("offline", 20.0), ("online", 30.0)],
+              "fluke": [("bc", 50.0), ("offline", 40.0), ("online", 5.0)]}  # fmt: skip
 
     def trial(config):
         for step, (phase, score) in enumerate(curves[config["arm"]]):
@@ -270,15 +271,17 @@ def test_the_best_finetune_trial_is_ranked_without_the_bc_point_every_trial_shar
 
     results = tune.Tuner(
         trial,
-        param_space={"arm": tune.grid_search(["worse", "better"])},
+        param_space={"arm": tune.grid_search(["worse", "better", "fluke"])},
         tune_config=tune.TuneConfig(metric="charts/eval_score", mode="max"),
         run_config=tune.RunConfig(name="rank", storage_path=str(tmp_path), verbose=0),
     ).fit()
     shared = results.get_best_result(metric="charts/eval_score", mode="max", scope="all")
     assert shared.metrics_dataframe["charts/eval_score"].max() == 50.0  # the old ranking: BC's score
     best, value = best_result(results, "charts/eval_score", "max")
+    assert best.config["arm"] == "fluke" and value == 40.0  # its best point, one lucky evaluation
+    best, value = best_result(results, "charts/eval_score", "max", scope="last")  # sweep.scope=last
     assert best.config["arm"] == "better" and value == 30.0
-    assert best_result(results, "charts/eval_score", "min")[1] == 10.0
+    assert best_result(results, "charts/eval_score", "min")[1] == 5.0
     assert best_result(results, "no/such_metric", "max") is None
 
 

@@ -373,6 +373,11 @@ class SweepConfig:
         "what ASHA and the best trial go by; empty: val/balanced_accuracy (pretrain) or charts/eval_score (finetune)",
     )
     mode: Literal["max", "min"] = opt("max", "maximise or minimise the metric")
+    scope: Literal["all", "last"] = opt(
+        "all",
+        "Tune's scope for the best trial: its best point over all it reported, or its last one (sturdier when points "
+        "are noisy: a best over many 10-episode points picks flukes)",
+    )
     scheduler: Literal["asha", "fifo"] = opt(
         "asha", "ASHA stops weak trials early; fifo runs every trial to the end"
     )

@@ -129,11 +129,12 @@ def _eval_metrics(point: dict[str, Any]) -> dict[str, Any]:
 SHARED_PHASES = ("bc",)  # a finetune trial's first point: the BC it starts from, the same in every trial
 
 
-def best_result(results, metric: str, mode: str) -> tuple[Any, float] | None:
-    """The best trial and value over every point each trial reported (as Tune's scope="all"), but
-    leaving out the points of `SHARED_PHASES`: a finetune trial first evaluates the BC policy
-    it starts from, which no hyperparameter of the trial produced; ranked with it, a sweep whose
-    trials all fall below BC names an arbitrary trial best at BC's score."""
+def best_result(results, metric: str, mode: str, scope: str = "all") -> tuple[Any, float] | None:
+    """The best trial and value over every point each trial reported (Tune's scope="all"), or
+    over each trial's last point ("last"), leaving out the points of `SHARED_PHASES`: a finetune
+    trial first evaluates the BC policy it starts from, which no hyperparameter of the trial
+    produced; ranked with it, a sweep whose trials all fall below BC names an arbitrary trial best
+    at BC's score."""
     best: tuple[Any, float] | None = None
     for r in results:
         df = r.metrics_dataframe
@@ -144,6 +145,8 @@ def best_result(results, metric: str, mode: str) -> tuple[Any, float] | None:
         values = [float(v) for v in df[metric] if v is not None and math.isfinite(float(v))]
         if not values:
             continue
+        if scope == "last":
+            values = values[-1:]
         v = max(values) if mode == "max" else min(values)
         if best is None or (v > best[1] if mode == "max" else v < best[1]):
             best = (r, v)
@@ -328,7 +331,7 @@ def sweep(cfg: Config) -> SweepResult:
                 "overrides": overrides,
             }
         )
-    chosen = best_result(results, metric, sw.mode)
+    chosen = best_result(results, metric, sw.mode, sw.scope)
     if chosen is None:
         raise RayappError(
             f"no sweep trial reported {metric} ({len(out.errors)} failed: {'; '.join(out.errors)[:300]})"
