@@ -47,6 +47,10 @@ def test_comparison_with_teacher_and_bc_works_for_negative_scores():
     assert c["gain_vs_bc_se_pong"] == pytest.approx(6.0 / 5.0)  # SE of the difference: hypot(4, 3)
     worse = compare("breakout", {"teacher": {"mean": 58.0, "se": 5.0}, "dqfd": {"mean": 50.0, "se": 2.0}})
     assert not worse["beats_teacher_breakout"] and "gain_vs_bc_breakout" not in worse
+    # the runs' last policies, beside the chosen ones: their own keys
+    final = compare("breakout", {**arms, "dqfd_final": {"mean": -5.0, "se": 0.0}})
+    assert final["gain_vs_bc_se_final_breakout"] == pytest.approx(3.33) and final["beats_teacher_final_breakout"]
+    assert final["gain_vs_bc_se_breakout"] == pytest.approx(6.0 / 5.0)
 
 
 def test_config_tag_follows_learning_settings_not_paths(tmp_path):
