@@ -237,7 +237,8 @@ def test_q_values_start_on_the_returns_scale_with_bc_s_greedy_actions(bc_run):
     are far wider), and its value starts at the demonstrations' mean discounted return."""
     from rayapp.rl.init_q import calibrated_bc_state, discounted_returns, top_two_gap
 
-    cfg = cfg_for(bc_run, "finetune.init_action_gap=0.8", "finetune.init_value_from_returns=true")
+    # 0.2: far below any BC's gap (the one-epoch smoke BC's is ~1.7, the Breakout benchmark's ~8)
+    cfg = cfg_for(bc_run, "finetune.init_action_gap=0.2", "finetune.init_value_from_returns=true")
     pol = init_policy(cfg)
     spec = q_spec(cfg, pol.spec)
     algo = build_algorithm(cfg, spec, pol.frames)
@@ -256,8 +257,8 @@ def test_q_values_start_on_the_returns_scale_with_bc_s_greedy_actions(bc_run):
     finally:
         algo.stop()
     assert np.array_equal(logits.argmax(1), q.argmax(1))  # the greedy policy is BC's
-    assert top_two_gap(logits) > 2.0 and report["bc_action_gap"] > 2.0  # BC's scale: far above the margin
-    assert top_two_gap(q) == pytest.approx(0.8, rel=0.25)
+    assert top_two_gap(logits) > 0.6 and report["head_scale"] == pytest.approx(0.2 / report["bc_action_gap"])
+    assert top_two_gap(q) == pytest.approx(0.2, rel=0.25)
     want = np.mean(np.concatenate([discounted_returns(e.rewards, cfg.finetune.gamma) for e in demos]))
     assert want > 0.1 and report["value_bias"] == pytest.approx(want, rel=0.25)
     assert q.mean(1) == pytest.approx(np.full(len(q), report["value_bias"]), abs=1e-4)  # V = the bias; A centred
