@@ -33,7 +33,7 @@ import numpy as np
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import PrioritizedEpisodeReplayBuffer
 
-from rayapp.rl.framestore import BufferFull, FrameStore
+from rayapp.rl.framestore import BufferFull, FrameStore, lives_fall
 
 __all__ = ["BufferFull", "DemoMixEpisodeReplayBuffer", "lives_lost"]
 
@@ -41,11 +41,7 @@ __all__ = ["BufferFull", "DemoMixEpisodeReplayBuffer", "lives_lost"]
 def lives_lost(infos) -> np.ndarray | None:
     """The transitions between consecutive infos whose `lives` falls (len(infos) - 1 bools);
     None when the infos carry no lives (a screen game whose reward source reads none)."""
-    lives = [i.get("lives") if isinstance(i, dict) else None for i in infos]
-    if len(lives) < 2 or any(v is None for v in lives):
-        return None
-    v = np.asarray(lives, np.float64)
-    return v[1:] < v[:-1]
+    return lives_fall([i.get("lives") if isinstance(i, dict) else None for i in infos])
 
 
 class DemoMixEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):

@@ -31,11 +31,20 @@ import numpy as np
 from rayapp.errors import RayappError
 from rayapp.rl.sumtree import SumTree
 
-__all__ = ["BufferFull", "FrameStore"]
+__all__ = ["BufferFull", "FrameStore", "lives_fall"]
 
 
 class BufferFull(RayappError):
     pass
+
+
+def lives_fall(values) -> np.ndarray | None:
+    """Where a sequence of life counts falls: values[1:] < values[:-1]; None when one is missing
+    (None or NaN: a source that reads no lives)."""
+    v = np.asarray([np.nan if x is None else x for x in values], np.float64)
+    if len(v) == 0 or np.isnan(v).any():
+        return None
+    return v[1:] < v[:-1]
 
 
 class FrameStore:

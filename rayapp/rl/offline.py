@@ -19,6 +19,7 @@ from rayapp.data.index import DatasetIndex
 from rayapp.errors import RayappError
 from rayapp.frames import FrameSpec, Preprocessor
 from rayapp.replay.reader import ReplayDataset
+from rayapp.rl.framestore import lives_fall
 
 __all__ = ["DemoEpisode", "DemoStats", "demo_episodes", "lives_lost_in"]
 
@@ -44,15 +45,8 @@ class DemoEpisode:
 def lives_lost_in(lives) -> np.ndarray | None:
     """Row t's action lost a life: the `lives` column (lives after each row's step) falls at t;
     None without the column or with gaps in it."""
-    if lives is None:
-        return None
-    v = np.asarray(lives, dtype=object)
-    if len(v) == 0 or any(x is None for x in v):
-        return None
-    v = v.astype(np.float64)
-    if np.isnan(v).any():
-        return None
-    return np.concatenate([[False], v[1:] < v[:-1]])
+    falls = None if lives is None else lives_fall(lives)
+    return None if falls is None else np.concatenate([[False], falls])
 
 
 def demo_episodes(
