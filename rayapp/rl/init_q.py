@@ -2,7 +2,7 @@
 
 A BC network's logits become the initial Q-values (`rayapp.rl.finetune.load_into`). Their scale is
 the cross-entropy's, not the returns': on the Breakout teacher's demonstrations the greedy action's
-logit lies 16.6 above the mean and 8.1 above the runner-up (benchmarks/RESULTS.md), while DQfD's
+logit lies 8.1 above the runner-up (benchmarks/RESULTS.md), while DQfD's
 margin is 0.8 and the mean clipped discounted return 2.54. TD then spends the first thousands of
 updates dragging every value towards the returns through the shared layers, and the greedy policy
 moves with them.
