@@ -102,8 +102,7 @@ class Collector:
             if terminated or truncated:
                 break
         self.writer.end_episode()
-        published = self.writer.shards[self._reported :]
-        self._reported = len(self.writer.shards)
+        published = self.unreported()
         return {
             "episode_id": episode,
             "writer": self.writer_id,
@@ -112,16 +111,23 @@ class Collector:
             "terminated": bool(terminated),
             "seconds": time.perf_counter() - t0,
             "shards_published": len(published),
-            "published": [asdict(s) for s in published],  # taken out by the driver's ledger
+            "published": published,  # taken out by the driver's ledger
         }
+
+    def unreported(self) -> list[dict[str, Any]]:
+        """The shards published that no call has reported yet. After a call failed (the storage
+        went away mid-episode), the shards it published before failing are safe all the same."""
+        shards = self.writer.shards[self._reported :]
+        self._reported = len(self.writer.shards)
+        return [asdict(s) for s in shards]
 
     def close(self) -> list[dict[str, Any]]:
         """Publish the shard in progress; returns the shards no `record_episode` reported."""
         try:
-            shards = self.writer.close()[self._reported :]
+            self.writer.close()
         finally:
             self.env.close()
-        return [asdict(s) for s in shards]
+        return self.unreported()
 
 
 @dataclass
@@ -264,6 +270,11 @@ def record(cfg: Config, show_progress: bool = True) -> RecordSummary:
         if replace and want_more():
             dispatch(spawn())
 
+    def salvage(actor: Any) -> None:
+        """A collector's call failed: the shards it published before failing are kept."""
+        with contextlib.suppress(RayTaskError, RayActorError):
+            ledger.published(collectors[actor], ray.get(actor.unreported.remote()))
+
     def take(ref: Any, actor: Any, replace: bool) -> None:
         """The result of one episode: into the ledger, or the collector's death handled."""
         try:
@@ -272,6 +283,10 @@ def record(cfg: Config, show_progress: bool = True) -> RecordSummary:
             if actor in collectors:
                 died(actor, e, recording=True, replace=replace)
             return
+        except RayTaskError:
+            if actor in collectors:
+                salvage(actor)
+            raise
         ledger.finished(ep)
         if bar:
             steps = ledger.steps()
@@ -293,6 +308,7 @@ def record(cfg: Config, show_progress: bool = True) -> RecordSummary:
                 died(actor, e, recording=False, replace=replace)
             except RayTaskError as e:
                 cause = _cause(e)
+                salvage(actor)
                 lost = ledger.lose(wid)
                 del collectors[actor]
                 log.warning(

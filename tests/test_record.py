@@ -146,7 +146,9 @@ def test_sigkill_mid_episode_loses_at_most_the_shard_in_progress(ray_session, sm
 def test_record_replaces_a_killed_collector_and_finishes(ray_session, smoke_cfg):
     import ray
 
-    cfg = smoke_cfg("record.episodes=6", "env.max_episode_steps=400")
+    # episodes long enough that the kill lands inside one: at 400 steps the six episodes were all
+    # recorded, on this machine, before the 0.3 s below had passed (the kill found no process)
+    cfg = smoke_cfg("record.episodes=6", "env.max_episode_steps=2000")
     result = {}
     t = threading.Thread(target=lambda: result.update(summary=record(cfg, show_progress=False)))
     t.start()
@@ -277,11 +279,65 @@ def test_storage_gone_mid_recording_ends_in_one_line_and_keeps_what_was_publishe
     episodes = list(ds.iter_episodes(decode=False))
     assert all(ep.complete and ep.length == 100 for ep in episodes)
     kept = re.search(r"; (\d+) episodes in (\d+) shards published before are kept", last)
-    assert kept and int(kept[1]) == len(episodes) and int(kept[2]) == len(ds.shards)
+    # the server may stop after a shard's copy took effect but before its answer came: the line says
+    # so, and that shard is the one more in the dataset (test_publish_in_doubt.py makes it happen)
+    in_doubt = "; the shard may have been published before the connection dropped;" in last
+    assert kept and int(kept[2]) == len(ds.shards) - in_doubt, last
+    assert int(kept[1]) == len(episodes) if not in_doubt else int(kept[1]) <= len(episodes)
     # and recording resumes into the same dataset
     rc = cli.main(base + ["--set", "record.episodes=2", "--set", "record.append=true"])
     assert rc == 0
     assert len(list(ReplayDataset(uri).iter_episodes(decode=False))) == len(episodes) + 2
+
+
+def test_shards_published_by_an_episode_that_then_failed_are_still_reported(own_s3, smoke_cfg):
+    """The storage goes away mid-episode just after the writer published a shard: the episode's
+    call fails, yet that shard (and the episode that ended in it) is reported and kept. Before the
+    fix the driver never heard of it, and its error line undercounted what was kept (CI, stop 23)."""
+    import gymnasium as gym
+
+    from rayapp.errors import StorageError
+    from rayapp.record import RecordSummary, _Ledger
+
+    uri = f"s3://{own_s3.bucket}/breakout"
+    # long episodes, small shards that roll mid-episode (as in the SIGKILL test above)
+    cfg = smoke_cfg(f"data.uri={uri}", "env.max_episode_steps=400", "env.sticky_actions=0", "record.shard_mb=0.01",
+                    "record.max_shard_mb=0.015", "record.row_group_rows=40")  # fmt: skip
+    info = create_dataset(uri, _describe(cfg))
+    col = Collector(config_to_dict(cfg), info.to_json(), uri, "f-c00", 7)
+
+    class StorageDiesAfterAShardRolls(gym.Wrapper):
+        """The real server stops the step after the first shard published inside an episode
+        after the first one (the first episode's call returns normally)."""
+
+        def __init__(self, env):
+            super().__init__(env)
+            self.published_at_reset, self.resets = 0, 0
+
+        def reset(self, **kw):
+            self.published_at_reset, self.resets = len(col.writer.shards), self.resets + 1
+            return self.env.reset(**kw)
+
+        def step(self, action):
+            if self.resets > 1 and len(col.writer.shards) > self.published_at_reset and own_s3.running:
+                own_s3.stop()
+            return self.env.step(action)
+
+    col.env = StorageDiesAfterAShardRolls(col.env)
+    ledger = _Ledger(RecordSummary(uri, "f"))
+    with pytest.raises(StorageError):
+        for _ in range(3):  # the second episode rolls a shard, the server stops, its next roll fails
+            ledger.finished(col.record_episode())
+    assert not own_s3.running
+    reported_before = len(ledger.summary.shards)
+    ledger.published("f-c00", col.unreported())
+    assert len(ledger.summary.shards) == reported_before + 1, "the shard the failed call published"
+    assert col.unreported() == [], "reported once"
+    own_s3.start()
+    ds = ReplayDataset(uri)
+    assert sorted(s["uri"] for s in ledger.summary.shards) == sorted(s.uri for s in ds.shards)
+    complete = [ep.episode_id for ep in ds.iter_episodes(decode=False) if ep.complete]
+    assert complete and [e["episode_id"] for e in ledger.summary.episodes] == complete
 
 
 def test_teacher_beats_random_by_a_wide_margin():
@@ -325,7 +381,8 @@ def test_collectors_go_where_the_custom_resource_is(ray_session, smoke_cfg):
     cfg = smoke_cfg("record.episodes=1", "record.collectors=1", "record.collector_resources={game_pc: 1}")
     cfg.data.uri = cfg.data_uri + "-gamepc"
     with pytest.raises(
-        RayappError, match=r"record.collector_resources: this Ray cluster offers 0 'game_pc'.*ray start --address"
+        RayappError,
+        match=r"record.collector_resources: this Ray cluster offers 0 'game_pc'.*ray start --address",
     ):
         record(cfg, show_progress=False)
     assert not os.path.exists(cfg.data.uri)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from rayapp.errors import StorageError
 from rayapp.replay.schema import DatasetInfo, row_schema
 from rayapp.storage import Location, retry_io, storage_errors
 
@@ -59,6 +60,7 @@ class OpenShard:
         self.schema = row_schema(info, writer_id, seq)
         self.rows = 0
         self.episodes: list[str] = []
+        self._moving = False  # a move was sent and no answer came: the shard may be at its name
         if loc.is_local:
             self.path = loc.join(SHARDS_DIR, tmp_name).path
             self.remote_tmp: Location | None = None
@@ -96,6 +98,13 @@ class OpenShard:
                     self.loc.fs.move(self.path, self.final.path)
             else:
                 retry_io(self._upload, self.uri)
+        except StorageError as e:
+            self.discard()
+            if self._moving:  # the copy may have landed and only its answer been lost
+                raise StorageError(
+                    f"{e}; the shard may have been published before the connection dropped"
+                ) from e
+            raise
         except BaseException:
             self.discard()
             raise
@@ -105,6 +114,13 @@ class OpenShard:
     def _upload(self) -> None:
         """Spool file -> temporary key -> the shard's name; raises the storage's OSError."""
         fs, tmp = self.loc.fs, self.remote_tmp.path
+        if self._moving:  # a retry after a move whose answer was lost: did it land?
+            landed = fs.get_file_info(self.final.path).size == os.path.getsize(self.path)
+            self._moving = False
+            if landed:
+                with contextlib.suppress(Exception):
+                    fs.delete_file(tmp)
+                return
         try:
             with open(self.path, "rb") as src:
                 out = fs.open_output_stream(tmp)
@@ -113,7 +129,9 @@ class OpenShard:
                         out.write(chunk)
                 finally:
                     out.close()  # completes the temporary object; after a failed part it raises instead
+            self._moving = True  # S3 moves by copy then delete: either may be cut after it took effect
             fs.move(tmp, self.final.path)
+            self._moving = False
         except BaseException:
             with contextlib.suppress(Exception):
                 fs.delete_file(tmp)
