@@ -4,8 +4,8 @@ For each game (`configs/beat-teacher-<game>.yaml`): record the teacher, clone it
 fine-tune (BC -> offline DQfD -> online) on several seeds and DQN from scratch on one. Every policy
 is scored greedy on the same fresh evaluation seeds (`run.seed` 50's evaluation block: no run's
 model selection plays them; the runs use seeds 0, 1, ...). Arms: teacher, random, bc, scratch,
-dqfd (the policy the run chose, `finetune/best.json`, selected on its own selection seeds) and
-dqfd_final (the run's last policy).
+dqfd (the policy `finetune.select` names: the best point on the run's own selection seeds, as
+`finetune/best.json` names it, or the final one) and dqfd_final (the run's last policy).
 
     python benchmarks/beat_teacher.py                              # breakout and pong, 3 seeds
     python benchmarks/beat_teacher.py --games freeway --seeds 3    # the third game
@@ -73,8 +73,8 @@ def summarise(runs: list[list[float]], game: str) -> dict:
 
 
 def compare(game: str, arms: dict) -> dict:
-    """The headline figures of one game: dqfd (the policy each run chose) against the teacher and
-    against BC; the same for dqfd_final (each run's last policy, no selection) with `_final`."""
+    """The headline figures of one game: dqfd (the policy `finetune.select` names) against the
+    teacher and against BC; the same for dqfd_final (each run's last policy, no selection) with `_final`."""
     out: dict = {}
     t, b = arms.get("teacher"), arms.get("bc")
     for arm, tail in (("dqfd", ""), ("dqfd_final", "_final")):
@@ -105,6 +105,7 @@ def config_tag(cfg) -> str:
     for key, default in ADDED_LATER.items():  # at their defaults they change nothing: older files still count
         if keep["finetune"].get(key) == default:
             keep["finetune"].pop(key)
+    keep["finetune"].pop("select", None)  # which policy best.json names: every run file scores both
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -214,7 +215,10 @@ def run_game(game: str, a, results: Results, base: str) -> dict:
                                      "date": time.strftime("%Y-%m-%d")})  # fmt: skip
             print(f"{game} {arm} seed {seed}: {secs} s, chosen {np.mean(rec['scores']):.1f}, "
                   f"final {np.mean(rec['final_scores']):.1f}", flush=True)  # fmt: skip
-        scores.setdefault(arm, []).append(rec["scores"])
+        # dqfd: the policy the config's finetune.select names (a run recorded under "best" has its
+        # final policy's scores too, so the rule applies to older files)
+        final_rule = arm == "dqfd" and cfg.finetune.select == "final"
+        scores.setdefault(arm, []).append(rec["final_scores"] if final_rule else rec["scores"])
         seconds.setdefault(arm, []).append(rec["seconds"])
         curves.setdefault(arm, []).append(rec["curve"])
         if arm == "dqfd":

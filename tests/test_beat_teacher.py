@@ -61,6 +61,8 @@ def test_config_tag_follows_learning_settings_not_paths(tmp_path):
     assert config_tag(load_config(path, [f"run.dir={tmp_path}", "finetune.init_checkpoint=elsewhere"])) == base
     assert config_tag(load_config(path, ["finetune.lr=1.0e-4"])) != base
     assert config_tag(load_config(path, ["env.game=Pong"])) != base
+    # which policy best.json names changes no training: the run files hold both policies' scores
+    assert config_tag(load_config(path, ["finetune.select=final"])) == base
 
 
 def test_a_config_key_added_at_its_default_keeps_the_recorded_results_valid():

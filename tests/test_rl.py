@@ -392,3 +392,24 @@ def test_life_loss_terminals_need_the_recordings_lives(bc_run, tmp_path):
     with pytest.raises(RayappError, match=r"life_loss_terminal needs .*replays has no 'lives' column"):
         finetune(cfg)
     assert not (tmp_path / "run" / "finetune" / "rllib").exists()
+
+
+def test_select_final_names_the_last_policy_chosen_on_nothing(bc_run, tmp_path):
+    """`finetune.select: final`: best.json names the run's last policy even where an earlier point
+    scored as well (here the offline point ties with BC, which `best` would keep)."""
+    import json
+    import shutil
+
+    from rayapp.models import resolve_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(bc_run, run)
+    cfg = cfg_for(run, "finetune.lr=0", "finetune.offline_updates=5", "finetune.online_steps=0", "finetune.select=final",
+                  "finetune.eval_episodes=2", "eval.max_episode_steps=100")  # fmt: skip
+    r = finetune(cfg)
+    assert [p["phase"] for p in r.curve] == ["bc", "offline"] and r.curve[0]["mean"] == r.curve[1]["mean"]
+    best = json.loads((run / "finetune" / "best.json").read_text())
+    assert best["checkpoint"] == r.policy == r.final_policy == r.curve[1]["policy"] == resolve_checkpoint(str(run))
+    m = best["metrics"]
+    assert m["phase"] == "offline" and m["bc"] is False and m["chosen_on"] is None
+    assert m["eval_score"] == r.curve[1]["mean"]  # its selection-seed score, for the record

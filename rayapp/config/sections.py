@@ -327,6 +327,11 @@ class FinetuneConfig:
         "disjoint from those `rayapp evaluate` plays",
     )
     checkpoint_every_steps: int = opt(10000, "RLlib checkpoint every this many online env steps")
+    select: Literal["best", "final"] = opt(
+        "best",
+        "the policy finetune/best.json names: the best curve point on the selection seeds (a point with few episodes "
+        "can win by luck), or the final one (no selection, as the Atari 100k benchmark reports)",
+    )
 
 
 @dataclass

@@ -377,7 +377,7 @@ def finetune(cfg: Config, on_eval: Callable[[dict[str, Any]], None] | None = Non
         else:  # offline only: the policy after the offline phase is the final one
             final = result.curve[-1]
         result.final_policy = final["policy"]
-        if not f.eval_episodes:
+        if not f.eval_episodes or f.select == "final":
             best.unselected(final)
         result.policy = best.policy or final["policy"]
 

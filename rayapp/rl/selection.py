@@ -6,8 +6,9 @@ phase, every `finetune.eval_every_steps` online steps, the final policy) is play
 (`rayapp.rl.finetune.evaluate_greedy`), disjoint from
 the *evaluation* seeds `rayapp evaluate` and the report use. The best point so far is written to
 `best.json`; a later point replaces it only when its mean score is strictly higher, so a fine-tuned
-policy has to beat the BC point (phase "bc") to be chosen. `best.json` records what the choice was
-made on:
+policy has to beat the BC point (phase "bc") to be chosen. With `finetune.select: final` the run's
+last policy is named at the end instead (during the run `best.json` follows the best point, for a
+player following it). `best.json` records what the choice was made on:
 
     {"checkpoint": ".../policies/bc-00000000",
      "metrics": {"eval_score": 3.0, "env_steps": 0, "phase": "bc", "bc": true,
@@ -48,6 +49,10 @@ class BestPolicy:
         return True
 
     def unselected(self, final: dict[str, Any]) -> None:
-        """No evaluation episodes (`finetune.eval_episodes=0`): the final policy, chosen on nothing."""
-        write_best(self.cfg.run.dir, "finetune", final["policy"],
-                   {"env_steps": final["env_steps"], "phase": final["phase"], "bc": False, "chosen_on": None})  # fmt: skip
+        """The final policy, chosen on nothing: `finetune.select: final`, or no evaluation episodes
+        (`finetune.eval_episodes=0`). Its selection-seed score, when it has one, is recorded."""
+        self.policy = final["policy"]
+        metrics = {"env_steps": final["env_steps"], "phase": final["phase"], "bc": False, "chosen_on": None}
+        if final.get("scores"):
+            metrics["eval_score"] = final["mean"]
+        write_best(self.cfg.run.dir, "finetune", final["policy"], metrics)
