@@ -91,35 +91,33 @@ class CutAfterCopy:
         self.sock.close()
 
 
-def _one_episode(w: ReplayWriter, eps) -> None:
-    frames, acts, rews, terms, truncs = eps[0]
-    w.begin_episode()
-    for t in range(30):
-        w.add_step(frames[t], acts[t], rews[t], False, t == 29, score=0.0)
-
-
 @pytest.fixture
-def through_proxy(own_s3, monkeypatch):
+def episode_through_proxy(own_s3, breakout, monkeypatch):
+    """make(stay_dead) -> (uri, proxy, writer): a writer to a new dataset on the S3 server behind
+    a proxy, holding one 30-step episode that `end_episode()` publishes (shard_mb is tiny)."""
     made = []
 
-    def make(stay_dead: bool) -> CutAfterCopy:
+    def make(stay_dead: bool):
+        env, eps = breakout
+        uri = f"s3://{own_s3.bucket}/ds"
+        info = new_dataset(uri, env)
         proxy = CutAfterCopy(own_s3.port, stay_dead)
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
         made.append(proxy)
-        return proxy
+        w = ReplayWriter(uri, info, "w0", shard_mb=0.001, row_group_rows=10)
+        frames, acts, rews, terms, truncs = eps[0]
+        w.begin_episode()
+        for t in range(30):
+            w.add_step(frames[t], acts[t], rews[t], False, t == 29, score=0.0)
+        return uri, proxy, w
 
     yield make
     for p in made:
         p.close()
 
 
-def test_a_publish_whose_answer_is_lost_for_good_says_the_shard_may_be_there(own_s3, breakout, through_proxy):
-    env, eps = breakout
-    uri = f"s3://{own_s3.bucket}/ds"
-    info = new_dataset(uri, env)
-    proxy = through_proxy(stay_dead=True)
-    w = ReplayWriter(uri, info, "w0", shard_mb=0.001, row_group_rows=10)
-    _one_episode(w, eps)
+def test_a_publish_whose_answer_is_lost_for_good_says_the_shard_may_be_there(breakout, episode_through_proxy):
+    uri, proxy, w = episode_through_proxy(stay_dead=True)
     with pytest.raises(StorageError) as err:
         w.end_episode()
     msg = str(err.value)
@@ -132,16 +130,11 @@ def test_a_publish_whose_answer_is_lost_for_good_says_the_shard_may_be_there(own
     ds = ReplayDataset(uri)  # and it was: whole and readable
     assert [s.uri for s in ds.shards] == [f"{uri}/shards/w0-00000.parquet"]
     (ep,) = list(ds.iter_episodes())
-    assert ep.length == 30 and ep.complete and np.array_equal(ep.obs, eps[0][0][:30])
+    assert ep.length == 30 and ep.complete and np.array_equal(ep.obs, breakout[1][0][0][:30])
 
 
-def test_a_publish_whose_answer_is_lost_once_finds_its_shard_landed(own_s3, breakout, through_proxy):
-    env, eps = breakout
-    uri = f"s3://{own_s3.bucket}/ds"
-    info = new_dataset(uri, env)
-    proxy = through_proxy(stay_dead=False)
-    w = ReplayWriter(uri, info, "w0", shard_mb=0.001, row_group_rows=10)
-    _one_episode(w, eps)
+def test_a_publish_whose_answer_is_lost_once_finds_its_shard_landed(episode_through_proxy):
+    uri, proxy, w = episode_through_proxy(stay_dead=False)
     w.end_episode()  # the retry sees the shard at its name: published once, not uploaded again
     assert [s.uri for s in w.shards] == [f"{uri}/shards/w0-00000.parquet"]
     assert proxy.copies == 1
