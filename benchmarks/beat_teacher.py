@@ -11,6 +11,7 @@ dqfd (the policy `finetune.select` names: the best point on the run's own select
     python benchmarks/beat_teacher.py --games freeway --seeds 3    # the third game
     python benchmarks/beat_teacher.py --quick                      # Breakout at tiny budgets: the path, no figures
     python benchmarks/beat_teacher.py --report --plot benchmarks/results/beat_teacher/curves.png  # from the files, no runs
+    python benchmarks/beat_teacher.py --report --bc all            # every BC's runs pooled: the recipe, BC variation included
 
 Each finished run or score is one JSON file in benchmarks/results/beat_teacher/ (commit them; a
 rerun skips what is there, so a benchmark longer than a session adds up; a changed config makes new
@@ -168,16 +169,16 @@ def run_game(game: str, a, results: Results, base: str) -> dict:
     where = [f"run.dir={bc_run}", f"data.uri={os.path.join(bc_run, 'replays')}", f"finetune.init_checkpoint={bc_run}"]
     cfg = load_config(config, [*where, *quick, *steps, *a.set])
     tag, ep = config_tag(cfg), a.episodes
-    if a.report:  # the committed results only: the BC is the one the most fine-tuning runs started from
+    if a.report:  # the committed results only, of the BC(s) --bc names
         bc, bc_seconds = None, None
-        tag = f"{tag}-bc{report_fingerprint(results, game, tag, ep)}"
+        tags = [f"{tag}-bc{fp}" for fp in report_fingerprints(results, game, tag, ep, a.bc)]
     else:
         ran_before = os.path.exists(os.path.join(bc_run, "pretrain", "best.json"))
         t0 = time.perf_counter()
         run_pipeline(cfg, ["record", "pretrain"])  # skipped when done (--keep)
         bc_seconds = None if ran_before else round(time.perf_counter() - t0)  # record + pretrain, when run here
         bc = resolve_checkpoint(bc_run, stages=("pretrain",))
-        tag = f"{tag}-bc{bc_fingerprint(bc)}"  # BC scores and fine-tuning runs hold for these BC weights only
+        tags = [f"{tag}-bc{bc_fingerprint(bc)}"]  # BC scores and fine-tuning runs hold for these BC weights only
     scores: dict[str, list[list[float]]] = {}
     seconds: dict[str, list[int]] = {}
     curves: dict[str, list] = {}
@@ -190,12 +191,14 @@ def run_game(game: str, a, results: Results, base: str) -> dict:
         rec = kept(name, lambda: {"scores": score_player(player, cfg, ep)})  # noqa: B023 (called at once)
         if rec:
             scores[player] = [rec["scores"]]
-    rec = kept(f"{game}-bc-{tag}-{ep}ep", lambda: {"scores": score_policy(bc, cfg, ep), "seconds": bc_seconds})
-    if rec:
-        scores["bc"], seconds["bc"] = [rec["scores"]], [rec["seconds"]]
+    for tag in tags:  # one BC, or with --report --bc all every BC's runs pooled (a BC a "seed" of its arm)
+        rec = kept(f"{game}-bc-{tag}-{ep}ep", lambda: {"scores": score_policy(bc, cfg, ep), "seconds": bc_seconds})
+        if rec:
+            scores.setdefault("bc", []).append(rec["scores"])
+            seconds.setdefault("bc", []).append(rec["seconds"])
     plan = [("scratch", s, SCRATCH + [f"finetune.epsilon_steps={max(1, cfg.finetune.online_steps // 2)}"]) for s in range(a.scratch_seeds)]  # fmt: skip
     plan += [("dqfd", s, [f"finetune.init_checkpoint={bc_run}"]) for s in range(a.seeds)]
-    for arm, seed, sets in plan:
+    for (arm, seed, sets), tag in ((p, t) for t in tags for p in plan):
         name = f"{game}-{arm}-{tag}-{cfg.finetune.online_steps}steps-{ep}ep-seed{seed}"
         rec = results.get(name)
         if rec is None and a.report:
@@ -230,19 +233,27 @@ def run_game(game: str, a, results: Results, base: str) -> dict:
     return {"arms": arms, "curves": curves, **compare(game, arms)}
 
 
-def report_fingerprint(results: Results, game: str, tag: str, episodes: int) -> str:
-    """--report: the BC fingerprint of this config's results that the most runs share."""
+def report_fingerprints(results: Results, game: str, tag: str, episodes: int, which: str | None) -> list[str]:
+    """--report: the BC fingerprints of this config's results to read: `which` None, the one the
+    most files share (the newest on a tie); "all", every one; else those starting with `which`."""
     import glob
     from collections import Counter
 
     pre = os.path.join(results.folder, f"{game}-")
-    found = Counter()
+    found, newest = Counter(), {}
     for p in glob.glob(f"{pre}*-{tag}-bc*-{episodes}ep*.json"):
-        rest = p[len(pre) :].split(f"-{tag}-bc", 1)[1]
-        found[rest.split("-", 1)[0]] += 1
-    if not found:
-        raise SystemExit(f"--report: no results for {game} with config tag {tag} in {results.folder}")
-    return found.most_common(1)[0][0]
+        fp = p[len(pre) :].split(f"-{tag}-bc", 1)[1].split("-", 1)[0]
+        found[fp] += 1
+        newest[fp] = max(newest.get(fp, 0.0), os.path.getmtime(p))
+    if which == "all":
+        chosen = sorted(found)
+    elif which:
+        chosen = sorted(fp for fp in found if fp.startswith(which))
+    else:
+        chosen = [max(found, key=lambda fp: (found[fp], newest[fp]))] if found else []
+    if not chosen:
+        raise SystemExit(f"--report: no results for {game} with config tag {tag} and BC {which or 'any'} in {results.folder}")
+    return chosen
 
 
 def plot(games: dict, path: str) -> None:
@@ -286,6 +297,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed, 2 episodes (results not kept)")
     ap.add_argument("--report", action="store_true",
                     help="run nothing: tables and --plot from the result files there are (up to --seeds per game)")
+    ap.add_argument("--bc", default=None,
+                    help="--report: the BC fingerprint (a prefix) whose runs to read, or 'all' to pool every BC's "
+                         "(default: the BC the most result files share)")
     a = ap.parse_args()
     if a.quick:
         a.seeds, a.episodes = 1, 2

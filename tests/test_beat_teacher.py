@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from beat_teacher import HUMAN_RANDOM, Results, compare, config_tag, iqm, summarise  # noqa: E402
+from beat_teacher import HUMAN_RANDOM, Results, compare, config_tag, iqm, report_fingerprints, summarise  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -77,6 +77,19 @@ def test_a_config_key_added_at_its_default_keeps_the_recorded_results_valid():
     files = os.listdir(os.path.join(ROOT, "benchmarks", "results", "beat_teacher"))
     assert any(f.startswith(f"pong-dqfd-{tag}-") for f in files), (tag, sorted(files))
     assert config_tag(load_config(path, [])) != tag  # a key away from its default is a new recipe
+
+
+def test_report_reads_one_bc_or_pools_them_all(tmp_path):
+    r = Results(str(tmp_path / "res"))
+    for name in ("breakout-bc-t1-bcaaa-30ep", "breakout-dqfd-t1-bcaaa-100steps-30ep-seed0",
+                 "breakout-bc-t1-bcbbb-30ep", "breakout-dqfd-t1-bcbbb-100steps-30ep-seed0",
+                 "breakout-dqfd-t1-bcbbb-100steps-30ep-seed1", "breakout-bc-t2-bcccc-30ep", "pong-bc-t1-bcddd-30ep"):  # fmt: skip
+        r.put(name, {"scores": [1.0]})
+    assert report_fingerprints(r, "breakout", "t1", 30, None) == ["bbb"]  # the most runs
+    assert report_fingerprints(r, "breakout", "t1", 30, "all") == ["aaa", "bbb"]  # this config's only
+    assert report_fingerprints(r, "breakout", "t1", 30, "a") == ["aaa"]
+    with pytest.raises(SystemExit, match="no results for breakout with config tag t1 and BC zzz"):
+        report_fingerprints(r, "breakout", "t1", 30, "zzz")
 
 
 def test_results_are_written_whole_and_read_back(tmp_path):
