@@ -162,6 +162,11 @@ def _choice(best: dict[str, Any], ev: dict[str, Any] | None) -> list[str]:
             f"Chosen on its greedy score {_num(m.get('eval_score')):.1f} over {on['episodes']} episode{'s' if on['episodes'] != 1 else ''}, "
             f"{on['purpose']} seeds {describe_seeds(on['seeds'])}."
         )
+    elif m.get("select") == "final":
+        lines.append(
+            "The final policy (`finetune.select: final`), chosen on no episodes"
+            + (f"; its greedy score on the selection seeds {_num(m['final_score']):.1f}." if "final_score" in m else ".")
+        )
     elif "eval_score" in m:  # a best.json of an earlier rayapp version
         lines.append(f"Chosen on its greedy score {_num(m['eval_score']):.1f} (seeds not recorded).")
     else:

@@ -411,5 +411,9 @@ def test_select_final_names_the_last_policy_chosen_on_nothing(bc_run, tmp_path):
     best = json.loads((run / "finetune" / "best.json").read_text())
     assert best["checkpoint"] == r.policy == r.final_policy == r.curve[1]["policy"] == resolve_checkpoint(str(run))
     m = best["metrics"]
-    assert m["phase"] == "offline" and m["bc"] is False and m["chosen_on"] is None
-    assert m["eval_score"] == r.curve[1]["mean"]  # its selection-seed score, for the record
+    assert m["phase"] == "offline" and m["bc"] is False and m["chosen_on"] is None and m["select"] == "final"
+    assert m["final_score"] == r.curve[1]["mean"]  # its selection-seed score, for the record
+    from rayapp.report import _choice
+
+    said = " ".join(_choice(best, None))
+    assert "**fine-tuned agent**" in said and "The final policy (`finetune.select: final`), chosen on no episodes" in said

@@ -52,7 +52,8 @@ class BestPolicy:
         """The final policy, chosen on nothing: `finetune.select: final`, or no evaluation episodes
         (`finetune.eval_episodes=0`). Its selection-seed score, when it has one, is recorded."""
         self.policy = final["policy"]
-        metrics = {"env_steps": final["env_steps"], "phase": final["phase"], "bc": False, "chosen_on": None}
+        metrics = {"env_steps": final["env_steps"], "phase": final["phase"], "bc": final["phase"] == "bc",
+                   "chosen_on": None, "select": self.cfg.finetune.select}  # fmt: skip
         if final.get("scores"):
-            metrics["eval_score"] = final["mean"]
+            metrics["final_score"] = final["mean"]  # on the selection seeds; not what chose it
         write_best(self.cfg.run.dir, "finetune", final["policy"], metrics)
