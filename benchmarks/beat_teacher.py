@@ -235,22 +235,25 @@ def run_game(game: str, a, results: Results, base: str) -> dict:
 
 def report_fingerprints(results: Results, game: str, tag: str, episodes: int, which: str | None) -> list[str]:
     """--report: the BC fingerprints of this config's results to read: `which` None, the one the
-    most files share (the newest on a tie); "all", every one; else those starting with `which`."""
+    most files share (a tie is refused: --bc says which); "all", every one; else those starting
+    with `which`."""
     import glob
     from collections import Counter
 
     pre = os.path.join(results.folder, f"{game}-")
-    found, newest = Counter(), {}
+    found = Counter()
     for p in glob.glob(f"{pre}*-{tag}-bc*-{episodes}ep*.json"):
-        fp = p[len(pre) :].split(f"-{tag}-bc", 1)[1].split("-", 1)[0]
-        found[fp] += 1
-        newest[fp] = max(newest.get(fp, 0.0), os.path.getmtime(p))
+        found[p[len(pre) :].split(f"-{tag}-bc", 1)[1].split("-", 1)[0]] += 1
     if which == "all":
         chosen = sorted(found)
     elif which:
         chosen = sorted(fp for fp in found if fp.startswith(which))
     else:
-        chosen = [max(found, key=lambda fp: (found[fp], newest[fp]))] if found else []
+        top = [fp for fp, n in found.items() if n == max(found.values())]
+        if len(top) > 1:
+            raise SystemExit(f"--report: {game}'s results come from BCs {sorted(top)} with as many files each: "
+                             "pass --bc all or --bc <one of them>")  # fmt: skip
+        chosen = top
     if not chosen:
         raise SystemExit(f"--report: no results for {game} with config tag {tag} and BC {which or 'any'} in {results.folder}")
     return chosen
