@@ -1,6 +1,6 @@
 """Q-values on the scale of returns at the start of fine-tuning, with BC's greedy policy unchanged.
 
-A BC network's logits become the initial Q-values (`rayapp.rl.finetune.load_into`). Their scale is
+A BC network's logits become the initial Q-values (`rayapp.rl.weights.load_into`). Their scale is
 the cross-entropy's, not the returns': on the Breakout teacher's demonstrations the greedy action's
 logit lies 8.1 above the runner-up (benchmarks/RESULTS.md), while DQfD's
 margin is 0.8 and the mean clipped discounted return 2.54. TD then spends the first thousands of

@@ -2,7 +2,7 @@
 
 The network is the class behaviour cloning trains, so a BC checkpoint loads into the Q-network
 (and, through RLlib's deep copy, the target network) with no shape juggling: the BC head's logits
-become the initial Q-values (the weights are put in by `rayapp.rl.finetune.load_into`).
+become the initial Q-values (the weights are put in by `rayapp.rl.weights.load_into`).
 `model_config` carries the ModelSpec; DQN's own keys (epsilon schedule, double_q, ...) are merged
 in by RLlib.
 """
