@@ -5,7 +5,9 @@ runs/lamfull/breakout/replays), episodes split 80/20 in order; each variant trai
 `configs/lam-cpu.yaml`'s model (gray 105x80, quarter widths, one position) for `--steps` steps of 32
 random training pairs, then on the held-out pairs reports codes used, the mutual information
 between code and true action against a shuffled control, and the changed-pixel PSNR gain over
-copying frame t (the baseline, same pairs, same process).
+copying frame t (the baseline, same pairs, same process). On Pong and Breakout it also reports
+what the pairs say about the action through the agent's paddle alone (`paddle_reference`: the
+mutual information between its displacement and the action), a figure a LAM can reach.
 
     python benchmarks/lam_variants.py runs/lamfull/breakout/replays --steps 400 \\
         quantizer=vq quantizer=vq,changed_weight=50 quantizer=fsq,fsq_levels=4x4,changed_weight=50
@@ -65,6 +67,39 @@ def mutual_information(c: np.ndarray, a: np.ndarray) -> float:
     return float((p[nz] * np.log2(p[nz] / outer[nz])).sum())
 
 
+# the agent's paddle in ALE's raw RGB frames: colour, the rows and columns to look in, and the
+# axis it moves along (Pong: up and down at the right edge; Breakout: left and right at the bottom)
+PADDLES = {"Pong": ((92, 186, 92), (slice(34, 194), slice(140, 144)), 0),
+           "Breakout": ((200, 72, 72), (slice(189, 193), slice(8, 152)), 1)}  # fmt: skip
+
+
+def paddle_reference(episodes, game: str) -> dict | None:
+    """What a pair says about the action through the agent's paddle alone: the mutual information
+    between the paddle's displacement from frame t to t+1 (raw pixels, rounded) and the action at t,
+    and at t-1 (the paddle answers late), against a shuffled control. A reachable figure for a
+    LAM's MI on the same pairs; None for other games or frames that are not raw RGB."""
+    if game not in PADDLES or episodes[0].obs.ndim != 4 or episodes[0].obs.shape[-1] != 3:
+        return None
+    colour, (rows, cols), axis = PADDLES[game]
+    dys, now, before = [], [], []
+    for e in episodes:
+        hit = np.all(e.obs[:, rows, cols] == colour, axis=-1).any(axis=2 - axis)  # (T, positions)
+        pos = np.array([np.nonzero(h)[0].mean() if h.any() else np.nan for h in hit])
+        dy = pos[1:] - pos[:-1]
+        a = e.actions[:, 0] if e.actions.ndim > 1 else e.actions
+        a = np.asarray(a[: len(dy)], np.int64)
+        ok = ~np.isnan(dy)
+        dys.append(np.round(dy[ok]).clip(-12, 12).astype(np.int64) + 12)
+        now.append(a[ok])
+        before.append(np.concatenate([[0], a[:-1]])[ok])
+    dy, a, b = np.concatenate(dys), np.concatenate(now), np.concatenate(before)
+    shuffled = np.random.default_rng(1).permutation(a)
+    return {"pairs": len(dy), "mi_bits": round(mutual_information(dy, a), 4),
+            "mi_previous_action_bits": round(mutual_information(dy, b), 4),
+            "mi_shuffled_bits": round(mutual_information(dy, shuffled), 4),
+            "action_entropy_bits": round(mutual_information(a, a), 4)}  # fmt: skip
+
+
 def run_variant(kw: dict, train, test, steps: int) -> dict:
     from rayapp.models.lam import LamSpec, LatentActionModel, changed_mask, psnr
 
@@ -91,7 +126,7 @@ def run_variant(kw: dict, train, test, steps: int) -> dict:
         for b in range(0, len(f_te), 256):
             x = torch.from_numpy(f_te[b : b + 256]).float() / 255
             c = m.encode(x[:, :1], x[:, 1:])
-            codes.append(c[:, 0].numpy())
+            codes.append((c.numpy() * kw["codes"] ** np.arange(c.shape[1])).sum(1))  # positions -> one joint code
             pred = m.decode(x[:, :1], c).clamp(0, 1)
             mask = changed_mask(x[:, :1], x[:, 1:])
             gains.append(float(torch.nanmean(psnr(pred, x[:, 1:], mask)) - torch.nanmean(psnr(x[:, :1], x[:, 1:], mask))))
@@ -108,11 +143,12 @@ def main() -> None:
     ap.add_argument("variants", nargs="*")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1: leave a core to a run beside it)")
     a = ap.parse_intermixed_args()
     from rayapp.frames import FrameSpec, Preprocessor
     from rayapp.replay.reader import ReplayDataset
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     if a.quick:
         from rayapp.config import load_config
         from rayapp.record import record
@@ -130,6 +166,8 @@ def main() -> None:
     cut = max(1, int(len(eps) * 0.8))
     train, test = pairs(eps[:cut], pre), pairs(eps[cut:], pre)
     out = {"benchmark": "lam_variants", "uri": a.uri, "steps": a.steps, "pairs": [len(train[0]), len(test[0])], "variants": {}}
+    out["paddle_reference"] = paddle_reference(eps[cut:], ds.info.game)  # on the held-out episodes, as the variants
+    print(json.dumps({"paddle_reference": out["paddle_reference"]}), file=sys.stderr, flush=True)
     for v in a.variants:
         out["variants"][v] = run_variant(parse_variant(v), train, test, a.steps)
         print(json.dumps({v: out["variants"][v]}), file=sys.stderr, flush=True)

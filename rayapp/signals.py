@@ -5,15 +5,21 @@ SIGINT gets a handler too, not only Python's KeyboardInterrupt: a process starte
 background of a shell begins with SIGINT ignored, and Python then never raises it. Handlers are
 installed from the main thread only (elsewhere `install` does nothing) and `restore` puts the old
 ones back.
+
+`kept_sigint()`: Ray Train's `fit()` installs a SIGINT handler of its own (a graceful abort of that
+run) and leaves it installed when it returns, so a later stage in the same process (the pipeline's
+fine-tuning, a benchmark) would swallow Ctrl+C; the block puts the handler that was there back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["StopSignals"]
+__all__ = ["StopSignals", "kept_sigint"]
 
 NAMES = {"SIGINT": "Ctrl+C"}
 
@@ -43,3 +49,17 @@ class StopSignals:
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old = {}
+
+
+@contextlib.contextmanager
+def kept_sigint() -> Iterator[None]:
+    """Restore SIGINT's handler when the block ends, however it ends (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if old is not None:  # None: a handler not installed from Python, which cannot be put back
+            signal.signal(signal.SIGINT, old)

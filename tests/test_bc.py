@@ -86,7 +86,11 @@ def test_classification_metrics():
 
 def test_tiny_pretrain_two_workers_and_checkpoint_round_trip(breakout_data, smoke_cfg, tmp_path):
     cfg = smoke_cfg(f"data.uri={breakout_data}", "pretrain.epochs=2", "pretrain.batch_size=64")
+    ctrl_c = signal.getsignal(signal.SIGINT)
     r = pretrain(cfg)
+    # Ray Train's fit() leaves its own Ctrl+C handler (abort that run) installed: a later stage in the
+    # same process (the pipeline's fine-tuning) would swallow Ctrl+C
+    assert signal.getsignal(signal.SIGINT) is ctrl_c
     run = cfg.run.dir
     assert resolve_checkpoint(run) == r.checkpoint
     rows = list(csv.DictReader(open(os.path.join(run, "pretrain", "metrics.csv"))))

@@ -56,7 +56,9 @@ def lam_run(bc_run, tmp_path_factory):
     os.chdir(base)  # a relative run.dir, as users type it: the outputs land under the working directory
     try:
         cfg = lam_cfg(Path("run"), f"{bc_run}/replays", "lam.steps=20")
+        ctrl_c = signal.getsignal(signal.SIGINT)
         result = train_lam(cfg)
+        result.sigint_kept = signal.getsignal(signal.SIGINT) is ctrl_c  # Ray Train's fit() leaves its own
     finally:
         os.chdir(here)
     return base / "run", lam_cfg(base / "run", f"{bc_run}/replays", "lam.steps=20"), result
@@ -66,6 +68,7 @@ def test_lam_train_writes_checkpoints_metrics_and_images(lam_run):
     from rayapp.models.lam_checkpoint import load_lam
 
     run, cfg, result = lam_run
+    assert result.sigint_kept  # Ctrl+C's handler as before training (a later stage in the process needs it)
     best = json.loads((run / "lam" / "best.json").read_text())
     assert json.loads((run / "lam" / "latest.json").read_text())["step"] == 20  # the controller's, under run.dir
     ck = load_lam(str(run))  # a run folder resolves to its best checkpoint

@@ -35,6 +35,7 @@ from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME, TD_ERROR_KEY
 
+from rayapp.models.numerics import flush_denormals
 from rayapp.rl.module import QF_NEXT_1_PREDS, QF_TARGET_NEXT_1_PREDS
 
 __all__ = ["DQfDTorchLearner", "OFFLINE_CLOCK", "margin_loss", "td_target"]
@@ -63,6 +64,7 @@ class DQfDTorchLearner(DQNTorchLearner):
 
     def build(self) -> None:
         super().build()
+        flush_denormals()  # the updates run in this thread (local learner: the driver's; else the actor's)
         self._offline_clock = 0.0
         self._skip_step = False
 

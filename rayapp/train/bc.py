@@ -31,6 +31,7 @@ from rayapp.models.checkpoint import check_compatible, load_policy, write_best
 from rayapp.models.nets import ModelSpec
 from rayapp.runs import save_resolved_config
 from rayapp.runtime import init_ray, require_cpus_beside
+from rayapp.signals import kept_sigint
 from rayapp.storage import exists, explain, is_storage_failure, read_bytes, resolve, write_bytes_atomic
 from rayapp.train.bc_loop import train_fn_per_worker
 from rayapp.train.callback import ReportCallback
@@ -190,7 +191,8 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
         ),
     )
     try:
-        result = trainer.fit()
+        with kept_sigint():  # fit() leaves Ray Train's own Ctrl+C handler installed
+            result = trainer.fit()
     except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in its own types
         raise _failure(e, folder) from e
     best = result.get_best_checkpoint(score, "max") or result.checkpoint

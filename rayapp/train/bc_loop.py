@@ -29,6 +29,7 @@ from rayapp.errors import RayappError, StorageError
 from rayapp.frames import FrameSpec
 from rayapp.models.checkpoint import load_policy, save_policy, unwrap
 from rayapp.models.nets import ModelSpec, build_model
+from rayapp.models.numerics import flush_denormals
 from rayapp.progress import Progress, say
 from rayapp.storage import explain, join
 
@@ -109,6 +110,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(p.torch_threads or max(1, int(np.ceil(p.cpus_per_worker))))
+    flush_denormals()  # Adam's moments of idle weights decay into slow subnormals (rayapp.models.numerics)
     device = ray.train.torch.get_device()
     cuda = device.type == "cuda"
     amp = cuda and p.amp

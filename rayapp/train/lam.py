@@ -29,6 +29,7 @@ from rayapp.models.checkpoint import write_best
 from rayapp.models.lam import LamSpec
 from rayapp.runs import save_resolved_config
 from rayapp.runtime import init_ray, require_cpus_beside
+from rayapp.signals import kept_sigint
 from rayapp.storage import exists, read_bytes, resolve, write_bytes_atomic
 from rayapp.train.bc import _failure, _storage
 from rayapp.train.lam_loop import NOT_VALIDATED, lam_train_fn
@@ -150,7 +151,8 @@ def train_lam(cfg: Config) -> LamResult:
         ),
     )
     try:
-        result = trainer.fit()
+        with kept_sigint():  # fit() leaves Ray Train's own Ctrl+C handler installed
+            result = trainer.fit()
     except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in its own types
         err = _failure(e, folder)
         raise (StageError(str(err).replace("pretrain failed", "lam train failed")) if type(err) is StageError

@@ -34,6 +34,7 @@ from rayapp.frames import FrameSpec
 from rayapp.models.checkpoint import unwrap
 from rayapp.models.lam import LamSpec, LatentActionModel, perplexity
 from rayapp.models.lam_checkpoint import load_lam, save_lam
+from rayapp.models.numerics import flush_denormals
 from rayapp.progress import Progress, say
 from rayapp.storage import explain, join
 from rayapp.train.lam_eval import add_sums, finish_sums, pair_sums, predictions, split_pair
@@ -70,6 +71,7 @@ def lam_train_fn(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(m.torch_threads or max(1, int(np.ceil(m.cpus_per_worker))))
+    flush_denormals()  # Adam's moments of idle weights decay into slow subnormals (rayapp.models.numerics)
     torch.manual_seed(cfg.run.seed * 1000 + rank)
     device = ray.train.torch.get_device()
     cuda = device.type == "cuda"
