@@ -12,7 +12,7 @@ no update. Call it in the thread that trains (Ray Train runs the loop in a threa
 
 from __future__ import annotations
 
-__all__ = ["flush_denormals", "flushes_denormals"]
+__all__ = ["flush_denormals"]
 
 
 def flush_denormals() -> bool:
@@ -21,9 +21,3 @@ def flush_denormals() -> bool:
 
     return bool(torch.set_flush_denormal(True))
 
-
-def flushes_denormals() -> bool:
-    """Whether this thread's float32 arithmetic flushes subnormals (tested by doing it)."""
-    import torch
-
-    return float(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item()) == 0.0
