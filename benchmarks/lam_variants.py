@@ -13,7 +13,10 @@ mutual information between its displacement and the action), a figure a LAM can 
         quantizer=vq quantizer=vq,changed_weight=50 quantizer=fsq,fsq_levels=4x4,changed_weight=50
     python benchmarks/lam_variants.py --quick      # a tiny recording, 20 steps: the path only
 
-A variant is comma-separated LamSpec fields (fsq_levels as 4x4). The last line is one JSON object.
+A variant is comma-separated LamSpec fields (fsq_levels as 4x4; `context=1` gives encoder and
+decoder the frame before t as well; `steps=N` overrides --steps for it). Besides the MI with the
+action at t it reports the MI with the action at t-1 (Pong's paddle answers a step late). The last
+line is one JSON object.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ BASE = dict(in_channels=1, height=105, width=80, enc_channels=(32, 64, 64, 128, 
             dec_channels=(128, 128, 64, 64, 32), latent_dim=64, codes=16, positions=1)  # fmt: skip
 
 
+INTS = ("context", "steps")  # integer fields BASE leaves at LamSpec's defaults (steps: this variant's --steps)
+
+
 def parse_variant(text: str) -> dict:
     kw = dict(BASE)
     for part in text.split(","):
@@ -43,19 +49,26 @@ def parse_variant(text: str) -> dict:
             kw[k] = val
         elif k == "fsq_levels":
             kw[k] = tuple(int(x) for x in val.split("x"))
+        elif k in BASE or k in INTS:
+            kw[k] = type(BASE.get(k, 0))(float(val))
         else:
-            kw[k] = type(BASE.get(k, 0.0))(float(val)) if k in BASE else float(val)
+            kw[k] = float(val)
     return kw
 
 
-def pairs(episodes, pre):
-    frames, acts = [], []
+def pairs(episodes, pre, context: int = 0):
+    """Every pair (t, t+1) of each episode as a stack of `context` + 2 frames (the context before t
+    repeats the episode's first frame where the episode is younger), its action a_t and a_{t-1}."""
+    frames, acts, before = [], [], []
     for e in episodes:
         f = pre(e.obs)
-        frames.append(np.concatenate([f[:-1], f[1:]], 1))
-        a = e.actions[:, 0] if e.actions.ndim > 1 else e.actions
-        acts.append(a[:-1])
-    return np.concatenate(frames), np.concatenate(acts)
+        n = len(f) - 1
+        padded = np.concatenate([f[:1]] * context + [f])
+        frames.append(np.concatenate([padded[j : j + n] for j in range(context + 2)], 1))
+        a = np.asarray(e.actions[:, 0] if e.actions.ndim > 1 else e.actions, np.int64)
+        acts.append(a[:n])
+        before.append(np.concatenate([[0], a[: n - 1]]))
+    return np.concatenate(frames), np.concatenate(acts), np.concatenate(before)
 
 
 def mutual_information(c: np.ndarray, a: np.ndarray) -> float:
@@ -101,9 +114,11 @@ def paddle_reference(episodes, game: str) -> dict | None:
 
 
 def run_variant(kw: dict, train, test, steps: int) -> dict:
+    kw = dict(kw)
+    steps = kw.pop("steps", steps)
     from rayapp.models.lam import LamSpec, LatentActionModel, changed_mask, psnr
 
-    (f_tr, _), (f_te, a_te) = train, test
+    (f_tr, _, _), (f_te, a_te, b_te) = train, test
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     m = LatentActionModel(LamSpec(**kw))
@@ -112,7 +127,7 @@ def run_variant(kw: dict, train, test, steps: int) -> dict:
     t0 = time.perf_counter()
     for s in range(steps):
         x = torch.from_numpy(f_tr[rng.integers(0, len(f_tr), 32)]).float() / 255
-        out = m(x[:, :1], x[:, 1:])
+        out = m(x[:, :-1], x[:, -1:])
         opt.zero_grad()
         out.losses["total"].backward()
         opt.step()
@@ -125,15 +140,17 @@ def run_variant(kw: dict, train, test, steps: int) -> dict:
     with torch.no_grad():
         for b in range(0, len(f_te), 256):
             x = torch.from_numpy(f_te[b : b + 256]).float() / 255
-            c = m.encode(x[:, :1], x[:, 1:])
+            c = m.encode(x[:, :-1], x[:, -1:])
             codes.append((c.numpy() * kw["codes"] ** np.arange(c.shape[1])).sum(1))  # positions -> one joint code
-            pred = m.decode(x[:, :1], c).clamp(0, 1)
-            mask = changed_mask(x[:, :1], x[:, 1:])
-            gains.append(float(torch.nanmean(psnr(pred, x[:, 1:], mask)) - torch.nanmean(psnr(x[:, :1], x[:, 1:], mask))))
+            pred = m.decode(x[:, :-1], c).clamp(0, 1)
+            t, t1 = x[:, -2:-1], x[:, -1:]
+            mask = changed_mask(t, t1)
+            gains.append(float(torch.nanmean(psnr(pred, t1, mask)) - torch.nanmean(psnr(t, t1, mask))))
     c = np.concatenate(codes)
     shuffled = np.random.default_rng(1).permutation(a_te)
     return {"codes_used": len(set(c.tolist())), "mi_bits": round(mutual_information(c, a_te), 4),
             "mi_shuffled_bits": round(mutual_information(c, shuffled), 4),
+            "mi_previous_action_bits": round(mutual_information(c, b_te), 4),
             "changed_psnr_gain_over_copy_db": round(float(np.mean(gains)), 2), "seconds": round(time.perf_counter() - t0)}  # fmt: skip
 
 
@@ -164,12 +181,21 @@ def main() -> None:
     pre = Preprocessor(FrameSpec(True, (105, 80), (0, 0, 0, 0), 2), ds.info.observation.shape)
     eps = list(ds.iter_episodes())
     cut = max(1, int(len(eps) * 0.8))
-    train, test = pairs(eps[:cut], pre), pairs(eps[cut:], pre)
+    cache: dict[int, tuple] = {}  # context frames -> (train, test) windows
+
+    def split(context: int) -> tuple:
+        if context not in cache:
+            cache.clear()  # one set of windows in memory at a time
+            cache[context] = pairs(eps[:cut], pre, context), pairs(eps[cut:], pre, context)
+        return cache[context]
+
+    train, test = split(0)
     out = {"benchmark": "lam_variants", "uri": a.uri, "steps": a.steps, "pairs": [len(train[0]), len(test[0])], "variants": {}}
     out["paddle_reference"] = paddle_reference(eps[cut:], ds.info.game)  # on the held-out episodes, as the variants
     print(json.dumps({"paddle_reference": out["paddle_reference"]}), file=sys.stderr, flush=True)
     for v in a.variants:
-        out["variants"][v] = run_variant(parse_variant(v), train, test, a.steps)
+        kw = parse_variant(v)
+        out["variants"][v] = run_variant(kw, *split(kw.get("context", 0)), a.steps)
         print(json.dumps({v: out["variants"][v]}), file=sys.stderr, flush=True)
     print(json.dumps(out))
 

@@ -62,6 +62,27 @@ def test_frame_t1_reaches_the_prediction_only_through_the_codes():
     assert (one - other).abs().max() > 1e-4  # the codes do change the prediction
 
 
+def test_context_frames_reach_both_halves_and_frame_t_stays_the_residual_base():
+    spec = LamSpec(height=42, width=32, codes=8, positions=1, context=2, **SMALL)
+    m = LatentActionModel(spec).eval()
+    for p in m.films.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    history = torch.rand(4, 3, 42, 32, requires_grad=True)  # frames t-2, t-1, t
+    out = m(history, torch.rand(4, 1, 42, 32))
+    assert out.pred.shape == (4, 1, 42, 32) and out.codes.shape == (4, 1)
+    out.losses["total"].backward()
+    assert history.grad[:, 0].abs().sum() > 0  # the oldest context frame is seen
+    with torch.no_grad():
+        older = history.detach().clone()
+        older[:, 0] = torch.rand(4, 42, 32)
+        assert (m.decode(history.detach(), out.codes) - m.decode(older, out.codes)).abs().max() > 1e-4
+        torch.nn.init.zeros_(m.up[-1].weight)
+        torch.nn.init.zeros_(m.up[-1].bias)  # the decoder adds nothing: the prediction is frame t itself
+        assert torch.equal(m.decode(history.detach(), out.codes), history.detach()[:, -1:])
+    with pytest.raises(ValueError, match="context"):
+        LamSpec(context=-1)
+
+
 def _moving_square(n: int, rng: np.random.Generator, size: int = 32):
     """Pairs of a bright square moving one of 4 ways by 3 pixels: the hidden action."""
     dirs = np.array([(0, 3), (0, -3), (3, 0), (-3, 0)])

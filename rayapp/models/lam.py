@@ -1,6 +1,7 @@
 """The latent action model (LAM): a VQ-VAE over consecutive frame pairs (LAPA, Genie, LAPO).
 
-The encoder sees (frame t, frame t+1) on the channel axis: 5 stride-2 convolutions (BatchNorm,
+The encoder sees (frame t, frame t+1) on the channel axis (with `context: k`, the k frames before
+t too, oldest first, as LAPO's inverse dynamics model sees o_{t-1}): 5 stride-2 convolutions (BatchNorm,
 ReLU; 6->64->128->256->512->512 for RGB) and a 1x1 projection to `latent_dim`, which for 210x160
 frames is a 7x5 grid. `positions: 0` keeps the whole grid (a code per position); `positions: P`
 average-pools it to P positions (a near-square layout: 1 -> 1x1, 4 -> 2x2). The quantiser is
@@ -9,7 +10,9 @@ dead-code expiry, plus `reset_unused_codes`, which re-seeds codes unused since t
 recent encoder outputs through the library's own `Codebook.replace`) or `fsq` (finite scalar
 quantisation: no codebook to collapse).
 
-The decoder is the next-frame predictor (our specification's part 3): frame t through its own 5
+The decoder is the next-frame predictor (our specification's part 3): frame t (and its `context`
+frames: Genie's and LAPO's predictors see the past, so that motion already under way, Pong's
+ball, needs no code) through its own 5
 stride-2 convolutions, the quantised latent through FiLM at the bottleneck and at every
 upsampling scale (spatial FiLM from the grid, interpolated; global FiLM from the pooled codes),
 then 5 transposed convolutions (512->512->256->128->64->C). Nothing from the pair encoder reaches
@@ -65,12 +68,15 @@ class LamSpec:
     frame_skips: bool = True
     residual: bool = True
     changed_weight: float = 0.0  # extra weight of the pixels that change between t and t+1
+    context: int = 0  # frames before t that the encoder and the decoder see (oldest first)
 
     def __post_init__(self) -> None:
         if self.quantizer not in ("vq", "fsq"):
             raise ValueError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
         if len(self.enc_channels) != 5 or len(self.dec_channels) != 5:
             raise ValueError("enc_channels and dec_channels need 5 entries each")
+        if self.context < 0:
+            raise ValueError(f"context must be >= 0 frames, got {self.context}")
         if self.quantizer == "fsq" and int(np.prod(self.levels)) != self.codes:
             raise ValueError(f"fsq_levels {list(self.levels)} give {int(np.prod(self.levels))} codes, not {self.codes}")
 
@@ -108,8 +114,9 @@ class LamSpec:
 
     def describe(self) -> str:
         r, c = self.layout
+        seen = f" + {self.context} context frame(s)" if self.context else ""
         return (f"LAM {self.quantizer} {self.codes} codes x {r}x{c} positions (dim {self.latent_dim}) on "
-                f"{self.in_channels}x{self.height}x{self.width} pairs, enc {list(self.enc_channels)}")  # fmt: skip
+                f"{self.in_channels}x{self.height}x{self.width} pairs{seen}, enc {list(self.enc_channels)}")  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -171,7 +178,7 @@ class LatentActionModel(nn.Module):
 
         self.spec = s = spec
         C, D = s.in_channels, s.latent_dim
-        self.encoder = _down([2 * C, *s.enc_channels])
+        self.encoder = _down([(s.context + 2) * C, *s.enc_channels])
         self.project = nn.Conv2d(s.enc_channels[-1], D, 1)
         if s.quantizer == "vq":
             self.quantizer = VectorQuantize(dim=D, codebook_size=s.codes, decay=s.ema_decay, commitment_weight=s.commitment,
@@ -179,7 +186,7 @@ class LatentActionModel(nn.Module):
         else:
             # the library asks for its symmetric variant when a level is 2
             self.quantizer = FSQ(levels=list(s.levels), dim=D, preserve_symmetry=2 in s.levels)
-        self.frame_encoder = _down([C, *s.enc_channels])
+        self.frame_encoder = _down([(s.context + 1) * C, *s.enc_channels])
         spatial = s.positions == 0
         P = s.n_positions
         self.bottleneck = nn.Conv2d(s.enc_channels[-1], s.dec_channels[0], 1)
@@ -194,6 +201,10 @@ class LatentActionModel(nn.Module):
         self._recent: torch.Tensor | None = None  # encoder outputs of the last batch (code resets)
 
     # ---- parts -------------------------------------------------------------------------------
+    # `frame_t` is (B, (context + 1) * C, H, W): frame t with its context frames before it
+    def _last(self, frame_t: torch.Tensor) -> torch.Tensor:
+        return frame_t[:, -self.spec.in_channels :]
+
     def _latent(self, frame_t: torch.Tensor, frame_t1: torch.Tensor) -> torch.Tensor:
         """(B, P, D) continuous latents, one per position, row-major."""
         x = torch.cat([frame_t, frame_t1], dim=1)
@@ -236,7 +247,7 @@ class LatentActionModel(nn.Module):
                 h = F.relu(self.norms[i](h))
                 h = self.films[i + 1](h, zmap)
         h = _fit(h, s.height, s.width)
-        return frame_t + torch.tanh(h) if s.residual else torch.sigmoid(h)
+        return self._last(frame_t) + torch.tanh(h) if s.residual else torch.sigmoid(h)
 
     # ---- public ------------------------------------------------------------------------------
     def forward(self, frame_t: torch.Tensor, frame_t1: torch.Tensor) -> LamOutput:
@@ -256,7 +267,7 @@ class LatentActionModel(nn.Module):
         err = (pred.float() - frame_t1.float()).pow(2)
         if not self.spec.changed_weight:
             return err.mean()
-        w = 1.0 + self.spec.changed_weight * changed_mask(frame_t, frame_t1).float()
+        w = 1.0 + self.spec.changed_weight * changed_mask(self._last(frame_t), frame_t1).float()
         return (err * w).sum() / (w.sum() * err.shape[1])
 
     def _entropy_loss(self, z: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,37 @@
+"""benchmarks/lam_variants.py's windows: a pair with `context` frames before t never crosses an
+episode (the context repeats the episode's first frame), and its actions are a_t and a_{t-1}."""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+from lam_variants import pairs, parse_variant  # noqa: E402
+
+
+def _episode(first: int, n: int):
+    obs = (first + np.arange(n, dtype=np.uint8))[:, None, None, None] * np.ones((1, 1, 2, 2), np.uint8)
+    return SimpleNamespace(obs=obs, actions=np.arange(first, first + n)[:, None])
+
+
+def test_windows_stay_in_their_episode_and_pad_with_the_first_frame():
+    eps = [_episode(10, 4), _episode(50, 3)]
+    frames, now, before = pairs(eps, lambda o: o, context=2)
+    assert frames.shape == (3 + 2, 4, 2, 2)  # (T - 1) pairs per episode, 2 context + t + t+1
+    first = frames[:, :, 0, 0].tolist()
+    assert first[0] == [10, 10, 10, 11] and first[2] == [10, 11, 12, 13]  # episode 1: padded, then real
+    assert first[3] == [50, 50, 50, 51] and first[4] == [50, 50, 51, 52]  # episode 2 starts afresh
+    assert now.tolist() == [10, 11, 12, 50, 51] and before.tolist() == [0, 10, 11, 0, 50]
+    plain, _, _ = pairs(eps, lambda o: o)
+    assert plain[:, :, 0, 0].tolist() == [[10, 11], [11, 12], [12, 13], [50, 51], [51, 52]]
+
+
+def test_variant_fields_keep_their_types():
+    kw = parse_variant("quantizer=fsq,fsq_levels=4x4,context=1,steps=1600,changed_weight=50")
+    assert kw["context"] == 1 and isinstance(kw["context"], int) and kw["steps"] == 1600
+    assert kw["fsq_levels"] == (4, 4) and kw["changed_weight"] == 50.0 and kw["codes"] == 16
