@@ -14,7 +14,9 @@ mutual information between its displacement and the action), a figure a LAM can 
     python benchmarks/lam_variants.py --quick      # a tiny recording, 20 steps: the path only
 
 A variant is comma-separated LamSpec fields (fsq_levels as 4x4; `context=1` gives encoder and
-decoder the frame before t as well; `steps=N` overrides --steps for it). Besides the MI with the
+decoder the frame before t as well; `steps=N` overrides --steps for it; `label_weight=W,
+label_fraction=F` supervises the latent with the true actions of the first F of the training
+episodes, LAOM's remedy for latents that ignore small controlled changes). Besides the MI with the
 action at t it reports the MI with the action at t-1 (Pong's paddle answers a step late). The last
 line is one JSON object.
 """
@@ -113,23 +115,42 @@ def paddle_reference(episodes, game: str) -> dict | None:
             "action_entropy_bits": round(mutual_information(a, a), 4)}  # fmt: skip
 
 
-def run_variant(kw: dict, train, test, steps: int) -> dict:
+def run_variant(kw: dict, train, test, steps: int, labelled: int = 0) -> dict:
+    """Train one variant. With `label_weight` > 0 (LAOM, Nikulin et al.: a few action labels
+    during LAM training), a linear head on the continuous latent learns the true action from a
+    batch of 16 of the first `labelled` training pairs (the first `label_fraction` of the training
+    episodes) at every step, its cross-entropy added to the loss with that weight; the held-out
+    figures use no labels."""
     kw = dict(kw)
     steps = kw.pop("steps", steps)
+    label_weight = kw.pop("label_weight", 0.0)
+    kw.pop("label_fraction", None)
     from rayapp.models.lam import LamSpec, LatentActionModel, changed_mask, psnr
 
-    (f_tr, _, _), (f_te, a_te, b_te) = train, test
+    (f_tr, a_tr, _), (f_te, a_te, b_te) = train, test
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     m = LatentActionModel(LamSpec(**kw))
-    opt = torch.optim.Adam(m.parameters(), lr=3e-4)
+    params = list(m.parameters())
+    head = None
+    if label_weight and labelled:
+        n_actions = int(max(a_tr.max(), a_te.max())) + 1
+        head = torch.nn.Linear(m.spec.n_positions * m.spec.latent_dim, n_actions)
+        params += list(head.parameters())
+    opt = torch.optim.Adam(params, lr=3e-4)
     since = torch.zeros(kw["codes"])
     t0 = time.perf_counter()
     for s in range(steps):
         x = torch.from_numpy(f_tr[rng.integers(0, len(f_tr), 32)]).float() / 255
         out = m(x[:, :-1], x[:, -1:])
+        loss = out.losses["total"]
+        if head is not None:
+            j = rng.integers(0, labelled, 16)
+            y = torch.from_numpy(f_tr[j]).float() / 255
+            z = m(y[:, :-1], y[:, -1:]).latent.flatten(1)
+            loss = loss + label_weight * torch.nn.functional.cross_entropy(head(z), torch.from_numpy(a_tr[j]))
         opt.zero_grad()
-        out.losses["total"].backward()
+        loss.backward()
         opt.step()
         since += out.usage
         if s % 100 == 99:
@@ -195,7 +216,14 @@ def main() -> None:
     print(json.dumps({"paddle_reference": out["paddle_reference"]}), file=sys.stderr, flush=True)
     for v in a.variants:
         kw = parse_variant(v)
-        out["variants"][v] = run_variant(kw, *split(kw.get("context", 0)), a.steps)
+        tr, te = split(kw.get("context", 0))
+        n_lab = int(round(cut * kw.get("label_fraction", 0.0)))  # whole training episodes, in order
+        labelled = sum(len(e.obs) - 1 for e in eps[:n_lab])
+        if kw.get("label_weight") and not labelled:
+            raise SystemExit(f"{v}: label_fraction {kw.get('label_fraction', 0.0)} of {cut} training episodes labels none")
+        out["variants"][v] = run_variant(kw, tr, te, a.steps, labelled)
+        if labelled:
+            out["variants"][v]["labelled_pairs"] = labelled
         print(json.dumps({v: out["variants"][v]}), file=sys.stderr, flush=True)
     print(json.dumps(out))
 

@@ -81,6 +81,9 @@ def test_context_frames_reach_both_halves_and_frame_t_stays_the_residual_base():
         assert torch.equal(m.decode(history.detach(), out.codes), history.detach()[:, -1:])
     with pytest.raises(ValueError, match="context"):
         LamSpec(context=-1)
+    assert out.latent.shape == (4, 1, spec.latent_dim)  # the continuous latent the codes quantise
+    with torch.no_grad():
+        assert torch.equal(m._quantize(out.latent)[1], out.codes)  # noqa: SLF001
 
 
 def _moving_square(n: int, rng: np.random.Generator, size: int = 32):

@@ -35,3 +35,21 @@ def test_variant_fields_keep_their_types():
     kw = parse_variant("quantizer=fsq,fsq_levels=4x4,context=1,steps=1600,changed_weight=50")
     assert kw["context"] == 1 and isinstance(kw["context"], int) and kw["steps"] == 1600
     assert kw["fsq_levels"] == (4, 4) and kw["changed_weight"] == 50.0 and kw["codes"] == 16
+
+
+def test_a_few_labels_change_the_training_and_only_through_the_labelled_pairs():
+    from lam_variants import run_variant
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (96, 2, 32, 32), dtype=np.uint8)
+    acts = rng.integers(0, 3, 96)
+    data = (frames, acts, acts)
+    kw = dict(in_channels=1, height=32, width=32, enc_channels=(8, 8, 16, 16, 16), dec_channels=(16, 16, 8, 8, 8),
+              latent_dim=8, codes=16, positions=1, quantizer="fsq", fsq_levels=(4, 4), steps=6)  # fmt: skip
+    plain = run_variant(kw, data, data, 6)
+    supervised = run_variant({**kw, "label_weight": 1.0}, data, data, 6, labelled=48)
+    assert set(plain) <= set(supervised) and plain["seconds"] >= 0
+    assert (plain["mi_bits"], plain["changed_psnr_gain_over_copy_db"]) != (
+        supervised["mi_bits"], supervised["changed_psnr_gain_over_copy_db"])  # the head's loss trained the model
+    unlabelled = run_variant({**kw, "label_weight": 1.0}, data, data, 6, labelled=0)  # no labels: no head
+    assert unlabelled == {**plain, "seconds": unlabelled["seconds"]}

@@ -134,6 +134,7 @@ class LamOutput:
     codes: torch.Tensor  # (B, P) long
     losses: dict[str, torch.Tensor]  # recon, commit, entropy, total
     usage: torch.Tensor  # (codes,) counts of this batch
+    latent: torch.Tensor | None = None  # (B, P, D) the encoder's continuous latents, before quantisation
 
 
 def _down(chans: list[int]) -> nn.ModuleList:
@@ -259,7 +260,7 @@ class LatentActionModel(nn.Module):
         total = recon + commit + self.spec.entropy_weight * entropy
         self._recent = z.detach().reshape(-1, z.shape[-1]).float()
         usage = torch.bincount(idx.reshape(-1), minlength=self.spec.codes).float()
-        return LamOutput(pred, idx.long(), {"recon": recon, "commit": commit, "entropy": entropy, "total": total}, usage)
+        return LamOutput(pred, idx.long(), {"recon": recon, "commit": commit, "entropy": entropy, "total": total}, usage, z)
 
     def recon_loss(self, pred: torch.Tensor, frame_t: torch.Tensor, frame_t1: torch.Tensor) -> torch.Tensor:
         """MSE, the changed pixels weighted 1 + changed_weight (the weighted mean: on Atari a few
