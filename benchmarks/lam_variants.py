@@ -147,7 +147,7 @@ def run_variant(kw: dict, train, test, steps: int, labelled: int = 0) -> dict:
         if head is not None:
             j = rng.integers(0, labelled, 16)
             y = torch.from_numpy(f_tr[j]).float() / 255
-            z = m(y[:, :-1], y[:, -1:]).latent.flatten(1)
+            z = m._latent(y[:, :-1], y[:, -1:]).flatten(1)  # noqa: SLF001 - the encoder alone, no decoder pass
             loss = loss + label_weight * torch.nn.functional.cross_entropy(head(z), torch.from_numpy(a_tr[j]))
         opt.zero_grad()
         loss.backward()
@@ -157,11 +157,13 @@ def run_variant(kw: dict, train, test, steps: int, labelled: int = 0) -> dict:
             m.reset_unused_codes(since)
             since.zero_()
     m.eval()
-    codes, gains = [], []
+    codes, gains, guessed = [], [], []
     with torch.no_grad():
         for b in range(0, len(f_te), 256):
             x = torch.from_numpy(f_te[b : b + 256]).float() / 255
             c = m.encode(x[:, :-1], x[:, -1:])
+            if head is not None:  # the labels' head on held-out pairs: how much of the action the latent holds
+                guessed.append(head(m._latent(x[:, :-1], x[:, -1:]).flatten(1)).argmax(1).numpy())  # noqa: SLF001
             codes.append((c.numpy() * kw["codes"] ** np.arange(c.shape[1])).sum(1))  # positions -> one joint code
             pred = m.decode(x[:, :-1], c).clamp(0, 1)
             t, t1 = x[:, -2:-1], x[:, -1:]
@@ -169,7 +171,9 @@ def run_variant(kw: dict, train, test, steps: int, labelled: int = 0) -> dict:
             gains.append(float(torch.nanmean(psnr(pred, t1, mask)) - torch.nanmean(psnr(t, t1, mask))))
     c = np.concatenate(codes)
     shuffled = np.random.default_rng(1).permutation(a_te)
-    return {"codes_used": len(set(c.tolist())), "mi_bits": round(mutual_information(c, a_te), 4),
+    out = {} if head is None else {"head_accuracy": round(float((np.concatenate(guessed) == a_te).mean()), 4),
+                                   "majority_class": round(float(np.bincount(a_te).max() / len(a_te)), 4)}  # fmt: skip
+    return out | {"codes_used": len(set(c.tolist())), "mi_bits": round(mutual_information(c, a_te), 4),
             "mi_shuffled_bits": round(mutual_information(c, shuffled), 4),
             "mi_previous_action_bits": round(mutual_information(c, b_te), 4),
             "changed_psnr_gain_over_copy_db": round(float(np.mean(gains)), 2), "seconds": round(time.perf_counter() - t0)}  # fmt: skip
