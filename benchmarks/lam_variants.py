@@ -147,7 +147,7 @@ def run_variant(kw: dict, train, test, steps: int, labelled: int = 0) -> dict:
         if head is not None:
             j = rng.integers(0, labelled, 16)
             y = torch.from_numpy(f_tr[j]).float() / 255
-            z = m._latent(y[:, :-1], y[:, -1:]).flatten(1)  # noqa: SLF001 - the encoder alone, no decoder pass
+            z = m.latent(y[:, :-1], y[:, -1:]).flatten(1)  # the encoder alone, no decoder pass
             loss = loss + label_weight * torch.nn.functional.cross_entropy(head(z), torch.from_numpy(a_tr[j]))
         opt.zero_grad()
         loss.backward()
@@ -163,7 +163,7 @@ def run_variant(kw: dict, train, test, steps: int, labelled: int = 0) -> dict:
             x = torch.from_numpy(f_te[b : b + 256]).float() / 255
             c = m.encode(x[:, :-1], x[:, -1:])
             if head is not None:  # the labels' head on held-out pairs: how much of the action the latent holds
-                guessed.append(head(m._latent(x[:, :-1], x[:, -1:]).flatten(1)).argmax(1).numpy())  # noqa: SLF001
+                guessed.append(head(m.latent(x[:, :-1], x[:, -1:]).flatten(1)).argmax(1).numpy())
             codes.append((c.numpy() * kw["codes"] ** np.arange(c.shape[1])).sum(1))  # positions -> one joint code
             pred = m.decode(x[:, :-1], c).clamp(0, 1)
             t, t1 = x[:, -2:-1], x[:, -1:]
