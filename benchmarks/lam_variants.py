@@ -123,34 +123,31 @@ def run_variant(kw: dict, train, test, steps: int, labelled: int = 0) -> dict:
     figures use no labels."""
     kw = dict(kw)
     steps = kw.pop("steps", steps)
-    label_weight = kw.pop("label_weight", 0.0)
     kw.pop("label_fraction", None)
     from rayapp.models.lam import LamSpec, LatentActionModel, changed_mask, psnr
 
     (f_tr, a_tr, _), (f_te, a_te, b_te) = train, test
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
+    if kw.get("label_weight") and labelled:  # the model's own label head (LamSpec.label_classes, lam.label_weight)
+        kw["label_classes"] = (int(max(a_tr.max(), a_te.max())) + 1,)
+    else:
+        kw["label_weight"] = 0.0
     m = LatentActionModel(LamSpec(**kw))
-    params = list(m.parameters())
-    head = None
-    if label_weight and labelled:
-        n_actions = int(max(a_tr.max(), a_te.max())) + 1
-        head = torch.nn.Linear(m.spec.n_positions * m.spec.latent_dim, n_actions)
-        params += list(head.parameters())
-    opt = torch.optim.Adam(params, lr=3e-4)
+    head = m.label_heads[0] if len(m.label_heads) else None
+    opt = torch.optim.Adam(m.parameters(), lr=3e-4)
     since = torch.zeros(kw["codes"])
     t0 = time.perf_counter()
     for s in range(steps):
         x = torch.from_numpy(f_tr[rng.integers(0, len(f_tr), 32)]).float() / 255
-        out = m(x[:, :-1], x[:, -1:])
-        loss = out.losses["total"]
-        if head is not None:
+        few = None
+        if head is not None:  # 16 of the labelled pairs, through the encoder and the head alone
             j = rng.integers(0, labelled, 16)
             y = torch.from_numpy(f_tr[j]).float() / 255
-            z = m.latent(y[:, :-1], y[:, -1:]).flatten(1)  # the encoder alone, no decoder pass
-            loss = loss + label_weight * torch.nn.functional.cross_entropy(head(z), torch.from_numpy(a_tr[j]))
+            few = (y[:, :-1], y[:, -1:], torch.from_numpy(a_tr[j])[:, None])
+        out = m(x[:, :-1], x[:, -1:], few)
         opt.zero_grad()
-        loss.backward()
+        out.losses["total"].backward()
         opt.step()
         since += out.usage
         if s % 100 == 99:
@@ -163,7 +160,7 @@ def run_variant(kw: dict, train, test, steps: int, labelled: int = 0) -> dict:
             x = torch.from_numpy(f_te[b : b + 256]).float() / 255
             c = m.encode(x[:, :-1], x[:, -1:])
             if head is not None:  # the labels' head on held-out pairs: how much of the action the latent holds
-                guessed.append(head(m.latent(x[:, :-1], x[:, -1:]).flatten(1)).argmax(1).numpy())
+                guessed.append(m.action_logits(x[:, :-1], x[:, -1:])[0].argmax(1).numpy())
             codes.append((c.numpy() * kw["codes"] ** np.arange(c.shape[1])).sum(1))  # positions -> one joint code
             pred = m.decode(x[:, :-1], c).clamp(0, 1)
             t, t1 = x[:, -2:-1], x[:, -1:]

@@ -31,7 +31,7 @@ def test_shapes(kw, codes_shape):
     a = torch.rand(2, spec.in_channels, spec.height, spec.width)
     out = m(a, torch.rand_like(a))
     assert out.pred.shape == a.shape and out.codes.shape == codes_shape
-    assert set(out.losses) == {"recon", "commit", "entropy", "total"} and out.usage.sum() == codes_shape[1] * 2
+    assert set(out.losses) == {"recon", "commit", "entropy", "label", "total"} and out.usage.sum() == codes_shape[1] * 2
     out.losses["total"].backward()
     assert m.decode(a, out.codes).shape == a.shape
 

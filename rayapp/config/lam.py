@@ -61,6 +61,14 @@ class LamConfig:
         0.0, "extra loss weight of the pixels that change between the frames (0: plain MSE; copying frame t wins it on Atari)"
     )
     ema_decay: float = opt(0.99, "vq: EMA decay of the codebook")
+    label_weight: float = opt(
+        0.0, "LAOM's few-label supervision: a linear head on the latent learns the true actions of the labelled "
+        "subset `lam map` uses (lam.map_episodes or lam.map_fraction of label_uri's training split), its "
+        "cross-entropy added with this weight (0: video only; Pong's latent ignores the paddle without it)",
+    )
+    label_uri: str = opt(
+        "", "label_weight > 0: the dataset with true actions the labelled pairs come from (empty: data.uri)", path=True
+    )
     reset_every: int = opt(10000, "vq: re-initialise codes unused over this many steps (0: never)")
     # ---- training (rayapp lam train) --------------------------------------------------------------
     steps: int = opt(100000, "optimiser steps")
@@ -115,6 +123,8 @@ def validate_video_sections(v: VideoConfig, m: LamConfig) -> None:
         raise ConfigError(f"lam.lr_end must be in (0, lam.lr], got lr {m.lr}, lr_end {m.lr_end}")
     if min(m.val_every, m.checkpoint_every, m.log_every, m.image_every, m.val_batches, m.num_workers) < 1:
         raise ConfigError("lam.val_every, checkpoint_every, log_every, image_every, val_batches, num_workers >= 1")
+    if m.label_weight < 0:
+        raise ConfigError(f"lam.label_weight must be >= 0 (0: no labels), got {m.label_weight}")
     if not 0.0 < m.map_fraction <= 1.0 or m.map_episodes < 0 or m.map_epochs < 1:
         raise ConfigError("lam.map_fraction in (0, 1], lam.map_episodes >= 0, lam.map_epochs >= 1")
     if m.quantizer == "fsq" and m.fsq_levels:

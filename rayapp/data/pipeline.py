@@ -205,7 +205,7 @@ def build_ingest(cfg: Config, dataset: ReplayDataset | None = None) -> Ingest:
     controls = ds.info.actions
     if d.label == "latent_action":  # BC on latent actions: one control, the LAM's vocabulary
         controls = (ActionControl("latent_action", index_vocabulary(index)),)
-    outputs = ("action",) if len(controls) == 1 else tuple(f"action_{c.name}" for c in controls)
+    outputs = output_columns(controls)
     counts = index.label_counts["train"]
     weights = rates = None
     if d.balance == "weights":
@@ -215,17 +215,30 @@ def build_ingest(cfg: Config, dataset: ReplayDataset | None = None) -> Ingest:
     return Ingest(d, index, frames, controls, outputs, weights, rates, cfg.run.seed)
 
 
+def output_columns(controls) -> tuple[str, ...]:
+    """The samples' label columns: "action" for one control, "action_<control>" for several."""
+    return ("action",) if len(controls) == 1 else tuple(f"action_{c.name}" for c in controls)
+
+
 def index_vocabulary(index: DatasetIndex) -> int:
     return len(index.label_counts["train"][0])
 
 
-def build_pair_ingest(cfg: Config, frames: FrameSpec, dataset: ReplayDataset | None = None) -> Ingest:
+def build_pair_ingest(
+    cfg: Config, frames: FrameSpec, dataset: ReplayDataset | None = None, labelled: tuple[int, float] | None = None
+) -> Ingest:
     """Frame pairs for the latent action model: every step with a previous step in its episode
     becomes the 2-frame stack (frame t, frame t+1); no labels (an action column, if any, is
-    ignored); split by episode like the BC ingest (`data.val_fraction`, `data.test_fraction`)."""
+    ignored); split by episode like the BC ingest (`data.val_fraction`, `data.test_fraction`).
+    `labelled` = (episodes, fraction): pairs with their true action at t (the column "action",
+    or "action_<control>" per control), the training split cut to that many or that share of its
+    episodes (as `data.train_episodes`, `data.train_fraction`); an action-less dataset fails."""
     d = cfg.data
     ds = dataset or ReplayDataset(cfg.data_uri)
-    index = DatasetIndex.build(ds, None, d.val_fraction, d.test_fraction, d.split_seed, d.max_corrupt_shards)
+    label = None if labelled is None else "action"
+    episodes, fraction = labelled or (0, 1.0)
+    index = DatasetIndex.build(ds, label, d.val_fraction, d.test_fraction, d.split_seed, d.max_corrupt_shards,
+                               train_fraction=fraction, train_episodes=episodes)  # fmt: skip
     lengths = index.episode_rows
     single = [e for e, n in lengths.items() if n < 2]
     pairs = {s: sum(lengths[e] - 1 for e in index.episodes(s) if lengths[e] > 1) for s in SPLITS}
@@ -237,7 +250,9 @@ def build_pair_ingest(cfg: Config, frames: FrameSpec, dataset: ReplayDataset | N
     if single:
         print(f"lam: {len(single)} single-frame episode(s) in {ds.uri} give no pairs (e.g. {single[0]})", flush=True)
     frames.frame_shape(ds.info.observation.shape)
-    ingest = Ingest(d, index, frames, (), (), None, None, cfg.run.seed, pairs=True)
+    controls = ds.info.actions if labelled is not None else ()
+    outputs = output_columns(controls) if controls else ()
+    ingest = Ingest(d, index, frames, tuple(controls), outputs, None, None, cfg.run.seed, pairs=True)
     ingest.pair_counts = pairs
     return ingest
 

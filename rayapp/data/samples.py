@@ -193,8 +193,9 @@ def read_samples(
         else:
             idx = stack_indices(seg_start, r, k)
             out = {"obs": f[idx].reshape(len(r), k * c, h, w)}
+            at = r - 1 if spec.pairs else r  # a pair (t, t+1) is labelled with the action taken at t
             for name, y in zip(spec.output_columns, lab):
-                out[name] = y[r]
+                out[name] = y[at]
             if spec.include_ids:
                 out["episode_id"] = ep[r].astype(str)
                 out["step"] = step[r]

@@ -69,6 +69,10 @@ class LamSpec:
     residual: bool = True
     changed_weight: float = 0.0  # extra weight of the pixels that change between t and t+1
     context: int = 0  # frames before t that the encoder and the decoder see (oldest first)
+    # LAOM (Nikulin et al.): a linear head per control on the continuous latent learns the true
+    # action of a few labelled pairs; its cross-entropy joins the loss with label_weight
+    label_classes: tuple[int, ...] = ()  # actions per control of the labels (empty: no head)
+    label_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.quantizer not in ("vq", "fsq"):
@@ -77,6 +81,8 @@ class LamSpec:
             raise ValueError("enc_channels and dec_channels need 5 entries each")
         if self.context < 0:
             raise ValueError(f"context must be >= 0 frames, got {self.context}")
+        if self.label_weight < 0 or (self.label_weight > 0 and not self.label_classes):
+            raise ValueError(f"label_weight {self.label_weight} needs label_classes (the labels' actions per control)")
         if self.quantizer == "fsq" and int(np.prod(self.levels)) != self.codes:
             raise ValueError(f"fsq_levels {list(self.levels)} give {int(np.prod(self.levels))} codes, not {self.codes}")
 
@@ -199,6 +205,7 @@ class LatentActionModel(nn.Module):
         self.fuse = nn.ModuleList(
             nn.Conv2d(c + k, c, 3, 1, 1) if s.frame_skips else nn.Identity() for c, k in zip(outs[:-1], skips)
         )
+        self.label_heads = nn.ModuleList(nn.Linear(P * D, n) for n in s.label_classes)
         self._recent: torch.Tensor | None = None  # encoder outputs of the last batch (code resets)
 
     # ---- parts -------------------------------------------------------------------------------
@@ -251,16 +258,30 @@ class LatentActionModel(nn.Module):
         return self._last(frame_t) + torch.tanh(h) if s.residual else torch.sigmoid(h)
 
     # ---- public ------------------------------------------------------------------------------
-    def forward(self, frame_t: torch.Tensor, frame_t1: torch.Tensor) -> LamOutput:
+    def forward(self, frame_t: torch.Tensor, frame_t1: torch.Tensor, labelled: tuple | None = None) -> LamOutput:
+        """`labelled`: (frame_t, frame_t1, actions (B, controls)) of a few pairs with true actions:
+        the heads' cross-entropy on them is `losses["label"]`, added to the total with
+        `spec.label_weight` (in this call, so that DDP sees every parameter used in forward)."""
         z = self._latent(frame_t, frame_t1)
         q, idx, commit = self._quantize(z)
         pred = self._decode_latent(frame_t, q)
         recon = self.recon_loss(pred, frame_t, frame_t1)
         entropy = self._entropy_loss(z) if self.spec.entropy_weight and self.spec.quantizer == "vq" else recon.new_zeros(())
-        total = recon + commit + self.spec.entropy_weight * entropy
+        label = recon.new_zeros(())
+        if labelled is not None and len(self.label_heads):
+            lt, lt1, actions = labelled
+            for k, logits in enumerate(self.action_logits(lt, lt1)):
+                label = label + F.cross_entropy(logits.float(), actions[:, k].long())
+        total = recon + commit + self.spec.entropy_weight * entropy + self.spec.label_weight * label
         self._recent = z.detach().reshape(-1, z.shape[-1]).float()
         usage = torch.bincount(idx.reshape(-1), minlength=self.spec.codes).float()
-        return LamOutput(pred, idx.long(), {"recon": recon, "commit": commit, "entropy": entropy, "total": total}, usage, z)
+        losses = {"recon": recon, "commit": commit, "entropy": entropy, "label": label, "total": total}
+        return LamOutput(pred, idx.long(), losses, usage, z)
+
+    def action_logits(self, frame_t: torch.Tensor, frame_t1: torch.Tensor) -> list[torch.Tensor]:
+        """The label heads' logits of the pairs, one (B, actions) tensor per control (with gradients)."""
+        z = self._latent(frame_t, frame_t1).flatten(1)
+        return [head(z) for head in self.label_heads]
 
     def recon_loss(self, pred: torch.Tensor, frame_t: torch.Tensor, frame_t1: torch.Tensor) -> torch.Tensor:
         """MSE, the changed pixels weighted 1 + changed_weight (the weighted mean: on Atari a few

@@ -22,11 +22,12 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 
 from rayapp.config import Config, absolute_paths, config_to_dict
-from rayapp.data.pipeline import build_pair_ingest, configure_data_context, train_data_config
-from rayapp.errors import RayappError, StageError, StorageError, find_error
+from rayapp.data.pipeline import Ingest, build_pair_ingest, configure_data_context, train_data_config
+from rayapp.errors import RayappError, ReplayFormatError, StageError, StorageError, find_error
 from rayapp.frames import FrameSpec
 from rayapp.models.checkpoint import write_best
 from rayapp.models.lam import LamSpec
+from rayapp.replay.reader import ReplayDataset
 from rayapp.runs import save_resolved_config
 from rayapp.runtime import init_ray, require_cpus_beside
 from rayapp.signals import kept_sigint
@@ -50,7 +51,7 @@ def lam_frames(cfg: Config) -> FrameSpec:
     return FrameSpec(bool(cfg.lam.grayscale), tuple(cfg.lam.resize), tuple(cfg.data.crop), 2)
 
 
-def lam_spec(cfg: Config, frames: FrameSpec, source_shape: tuple[int, ...]) -> LamSpec:
+def lam_spec(cfg: Config, frames: FrameSpec, source_shape: tuple[int, ...], label_classes: tuple[int, ...] = ()) -> LamSpec:
     c, h, w = frames.frame_shape(source_shape)
     m = cfg.lam
     return LamSpec(
@@ -70,7 +71,27 @@ def lam_spec(cfg: Config, frames: FrameSpec, source_shape: tuple[int, ...]) -> L
         changed_weight=m.changed_weight,
         ema_decay=m.ema_decay,
         fsq_levels=tuple(m.fsq_levels),
+        label_classes=tuple(label_classes) if m.label_weight else (),
+        label_weight=m.label_weight if label_classes else 0.0,
     )
+
+
+def labelled_ingest(cfg: Config, frames: FrameSpec, video: Ingest) -> Ingest | None:
+    """`lam.label_weight` > 0: the few labelled pairs (LAOM), from `lam.label_uri` (default
+    data.uri), the training episodes `rayapp lam map` would use; frames like the video's."""
+    m = cfg.lam
+    if not m.label_weight:
+        return None
+    uri = m.label_uri or cfg.data_uri
+    try:
+        ingest = build_pair_ingest(cfg, frames, ReplayDataset(uri), labelled=(m.map_episodes, m.map_fraction))
+    except ReplayFormatError as e:
+        raise RayappError(f"lam.label_weight={m.label_weight} needs true actions: {e}") from None
+    mine, theirs = (frames.frame_shape(x.index.info.observation.shape) for x in (video, ingest))
+    if mine != theirs:
+        raise RayappError(f"lam.label_uri {uri} gives {theirs} frames, the video {video.index.ds.uri} {mine}: "
+                          "set lam.resize so both agree")  # fmt: skip
+    return ingest
 
 
 class LamReportCallback(UserCallback):
@@ -108,7 +129,8 @@ def train_lam(cfg: Config) -> LamResult:
     frames = lam_frames(cfg)
     ingest = build_pair_ingest(cfg, frames)  # dataset problems surface before any worker starts
     info = ingest.index.info
-    spec = lam_spec(cfg, frames, info.observation.shape)
+    labels = labelled_ingest(cfg, frames, ingest)
+    spec = lam_spec(cfg, frames, info.observation.shape, tuple(c.n for c in labels.controls) if labels else ())
     folder = resolve(cfg.run.dir).join("lam")
     latest = folder.join("latest.json")
     if exists(latest):
@@ -123,15 +145,21 @@ def train_lam(cfg: Config) -> LamResult:
     datasets = {"train": ingest.dataset("train")}
     if has_val:
         datasets["val"] = ingest.dataset("val")
+    if labels is not None:
+        datasets["labelled"] = labels.dataset("train")
     game = {"game": info.game, "env_id": info.env_id, "obs_shape": list(info.observation.shape),
             "frame_rate": info.frame_rate, "dataset": info.dataset_id, "dataset_uri": ingest.index.ds.uri}  # fmt: skip
     loop_config = {"cfg": config_to_dict(cfg), "spec": spec.to_json(), "frames": frames.to_json(), "game": game,
-                   "has_val": has_val}  # fmt: skip
+                   "has_val": has_val, "label_columns": list(labels.output_columns) if labels else []}  # fmt: skip
     resources = {"CPU": m.cpus_per_worker, **({"GPU": 1.0} if m.use_gpu else {})}
     require_cpus_beside(m.num_workers, m.cpus_per_worker, cfg.data.read_cpus, "lam.cpus_per_worker")
     storage_path, storage_fs, scheme = _storage(cfg.run.dir)
     print(f"lam: {spec.describe()}; {pairs['train']:,} training pairs, {pairs['val']:,} validation, {pairs['test']:,} "
           f"test; {m.steps:,} steps of {m.batch_size} pairs on {m.num_workers} worker(s)", flush=True)  # fmt: skip
+    if labels is not None:
+        n_eps = len(labels.index.episodes("train"))
+        print(f"lam: supervised with the true actions of {labels.pair_counts['train']:,} pairs in {n_eps} training "
+              f"episode(s) of {labels.index.ds.uri} (lam.label_weight {m.label_weight})", flush=True)  # fmt: skip
     trainer = TorchTrainer(
         lam_train_fn,
         train_loop_config=loop_config,

@@ -43,6 +43,7 @@ from rayapp.train.lam_visuals import LamLogger, reconstruction_grid
 __all__ = ["lam_train_fn", "learning_rate", "LAM_STATE"]
 
 LAM_STATE = "lam_state.pt"
+LOSSES = ("recon", "commit", "entropy", "label", "total")  # the model's losses, logged as train/<name>_loss
 
 
 def learning_rate(step: int, steps: int, lr: float, lr_end: float) -> float:
@@ -107,9 +108,10 @@ def lam_train_fn(config: dict[str, Any]) -> None:
     val_pairs = _fixed_pairs(ray.train.get_dataset_shard("val"), d, micro, m.val_batches, device, C) \
         if config["has_val"] else []  # fmt: skip
     train_it = ray.train.get_dataset_shard("train")
+    labelled = _labelled_batches(cfg, config["label_columns"], max(1, micro // 2), device, C)
     bar = Progress(m.steps, "lam train [rank 0]", unit="step", log_every=15, stream=sys.stdout, initial=step) \
         if rank == 0 else None  # fmt: skip
-    window = {"t0": time.perf_counter(), "pairs": 0, "micro_batches": 0, "sums": torch.zeros(4, dtype=torch.float64)}
+    window = {"t0": time.perf_counter(), "pairs": 0, "micro_batches": 0, "sums": torch.zeros(5, dtype=torch.float64)}
     usage_window = torch.zeros(spec.codes, dtype=torch.float64, device=device)
     epoch, k = 0, 0
     while step < m.steps:
@@ -120,14 +122,14 @@ def lam_train_fn(config: dict[str, Any]) -> None:
                 frame_t1 = frame_t1.contiguous(memory_format=torch.channels_last)
             model.train()
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(frame_t, frame_t1)
+                out = model(frame_t, frame_t1, next(labelled) if labelled else None)
             (out.losses["total"] / m.grad_accum).backward()
             usage = out.usage.detach().to(device=device, dtype=torch.float64)
             since_reset += usage
             usage_window += usage
             window["pairs"] += len(frame_t)
             window["micro_batches"] += 1
-            losses = torch.stack([out.losses[x].detach().float() for x in ("recon", "commit", "entropy", "total")])
+            losses = torch.stack([out.losses[x].detach().float() for x in LOSSES])
             window["sums"] += losses.to(window["sums"])  # one device sync per micro-batch
             k += 1
             if k % m.grad_accum:
@@ -186,13 +188,35 @@ def _train_metrics(window, usage, reduce, opt, cuda, device) -> dict[str, Any]:
         "train/lr": opt.param_groups[0]["lr"],
         "train/perplexity": float(perplexity(reduce(usage.clone()))),
     }
-    for i, name in enumerate(("recon_loss", "commit_loss", "entropy_loss", "total_loss")):
-        out[f"train/{name}"] = float(s[i]) / batches
+    for i, name in enumerate(LOSSES):
+        out[f"train/{name}_loss"] = float(s[i]) / batches
     if cuda:
         out["train/gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     window["t0"], window["pairs"], window["micro_batches"] = time.perf_counter(), 0, 0
     s.zero_()
     return out
+
+
+def _labelled_batches(cfg, columns: list[str], batch_size: int, device, channels: int):
+    """Endless (frame t, frame t+1, actions (B, controls)) batches of this worker's shard of the
+    labelled pairs (lam.label_weight), a new shuffle each pass; None without labels."""
+    if not columns:
+        return None
+    it = ray.train.get_dataset_shard("labelled")
+
+    def batches():
+        epoch = 0
+        while True:
+            empty = True
+            for b in torch_batches(it, cfg.data, batch_size, train=True, device=device, seed=cfg.run.seed + 7919 + epoch):
+                empty = False
+                yield (*split_pair(b["obs"], channels), torch.stack([b[c] for c in columns], dim=1))
+            if empty:
+                raise RayappError("lam: this worker's shard of the labelled pairs is empty (fewer labelled "
+                                  "blocks than workers): label more episodes or use fewer lam.num_workers")  # fmt: skip
+            epoch += 1
+
+    return batches()
 
 
 def _fixed_pairs(it, d, batch_size: int, batches: int, device, channels: int) -> list:
