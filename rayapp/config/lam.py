@@ -67,7 +67,8 @@ class LamConfig:
         "cross-entropy added with this weight (0: video only; Pong's latent ignores the paddle without it)",
     )
     label_uri: str = opt(
-        "", "label_weight > 0: the dataset with true actions the labelled pairs come from (empty: data.uri)", path=True
+        "", "label_weight > 0: path or URI of the dataset with true actions the labelled pairs come from (empty: data.uri)",
+        path=True,
     )
     reset_every: int = opt(10000, "vq: re-initialise codes unused over this many steps (0: never)")
     # ---- training (rayapp lam train) --------------------------------------------------------------
