@@ -301,11 +301,6 @@ class LatentActionModel(nn.Module):
             p = torch.softmax(-d / d.detach().mean().clamp(min=1e-6), dim=-1).mean(0)
             return math.log(self.spec.codes) + (p * torch.log(p.clamp(min=1e-12))).sum()
 
-    def latent(self, frame_t: torch.Tensor, frame_t1: torch.Tensor) -> torch.Tensor:
-        """(B, P, D) continuous latents of the pairs, before quantisation (with gradients: a head on
-        them, e.g. a few-label action probe, trains the encoder)."""
-        return self._latent(frame_t, frame_t1)
-
     @torch.no_grad()
     def encode(self, frame_t: torch.Tensor, frame_t1: torch.Tensor) -> torch.Tensor:
         """(B, P) codes of the pairs."""

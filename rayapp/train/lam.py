@@ -71,7 +71,7 @@ def lam_spec(cfg: Config, frames: FrameSpec, source_shape: tuple[int, ...], labe
         changed_weight=m.changed_weight,
         ema_decay=m.ema_decay,
         fsq_levels=tuple(m.fsq_levels),
-        label_classes=tuple(label_classes) if m.label_weight else (),
+        label_classes=tuple(label_classes),  # non-empty only when lam.label_weight > 0 (labelled_ingest)
         label_weight=m.label_weight if label_classes else 0.0,
     )
 
